@@ -1,0 +1,59 @@
+"""The ASGI application: routes /v2 to the OCI API and runs the lifespan hooks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from shipyard.api.errors import error_body
+from shipyard.api.http import JSON, respond
+from shipyard.api.oci.context import Context
+from shipyard.api.oci.router import OciApi
+from shipyard.api.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class ShipyardASGI:
+    def __init__(
+        self,
+        context: Context,
+        *,
+        on_startup: list[Callable[[], object]] | None = None,
+        on_shutdown: list[Callable[[], object]] | None = None,
+    ) -> None:
+        self.context = context
+        self.oci = OciApi(context)
+        self.on_startup = on_startup or []
+        self.on_shutdown = on_shutdown or []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith("/v2"):
+                await self.oci(scope, receive, send)
+            else:
+                await respond(send, 404, {"content-type": JSON}, error_body("NOT_FOUND", "no such endpoint"))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.on_startup:
+                        hook()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("shutdown hook failed")
+                await send({"type": "lifespan.shutdown.complete"})
+                return

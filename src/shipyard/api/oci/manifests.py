@@ -1,0 +1,45 @@
+"""GET, HEAD, PUT and DELETE of manifests by tag or digest."""
+
+from __future__ import annotations
+
+from shipyard.api.http import Request, respond
+from shipyard.api.oci.context import Context
+from shipyard.api.types import Send
+from shipyard.domain.errors import ManifestTooLarge
+from shipyard.domain.manifest import MAX_MANIFEST_BYTES
+
+
+async def get_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
+    stored = await ctx.run(ctx.registry.get_manifest, name, reference)
+    headers = {
+        "content-type": stored.media_type,
+        "docker-content-digest": stored.digest,
+        "etag": f'"{stored.digest}"',
+    }
+    await respond(send, 200, headers, stored.content, head=request.method == "HEAD")
+
+
+async def put_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
+    declared = request.content_length()
+    if declared is not None and declared > MAX_MANIFEST_BYTES:
+        raise ManifestTooLarge(f"manifest is {declared} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    body = await request.body(MAX_MANIFEST_BYTES)
+    if body is None:
+        raise ManifestTooLarge(f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
+    result = await ctx.run(
+        ctx.registry.put_manifest,
+        name,
+        reference,
+        body,
+        request.headers.get("content-type"),
+        request.params("tag"),
+    )
+    headers = {"location": f"/v2/{name}/manifests/{result.digest}", "docker-content-digest": result.digest}
+    if result.subject:
+        headers["oci-subject"] = result.subject
+    await respond(send, 201, headers)
+
+
+async def delete_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
+    await ctx.run(ctx.registry.delete_manifest, name, reference)
+    await respond(send, 202)

@@ -1,0 +1,137 @@
+"""Dispatch of /v2 requests: authenticate, authorize for the repository and action, then the handler.
+Every error becomes the OCI JSON error body here, in one place."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from shipyard.api.errors import body_for, error_body, status_for
+from shipyard.api.http import JSON, ClientDisconnected, Request, respond, respond_json
+from shipyard.api.oci import blobs, listing, manifests, uploads
+from shipyard.api.oci.context import Context
+from shipyard.api.types import Receive, Scope, Send
+from shipyard.domain.errors import RegistryError
+from shipyard.domain.names import validate_name
+from shipyard.services.access import Action
+
+log = logging.getLogger(__name__)
+
+# The name is greedy and may hold slashes; the suffix tells the resource.
+_ROUTE = re.compile(
+    r"^/v2/(?P<name>.+?)/(?:"
+    r"manifests/(?P<reference>[^/]+)"
+    r"|blobs/uploads/(?P<upload>[^/]*)"
+    r"|blobs/(?P<digest>[^/]+)"
+    r"|tags/(?P<tags>list)"
+    r"|referrers/(?P<subject>[^/]+)"
+    r")$"
+)
+
+_ACTIONS: dict[str, Action] = {
+    "GET": "pull",
+    "HEAD": "pull",
+    "PUT": "push",
+    "POST": "push",
+    "PATCH": "push",
+    "DELETE": "delete",
+}
+
+
+class OciApi:
+    def __init__(self, context: Context) -> None:
+        self.ctx = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            await self._dispatch(request, send)
+        except ClientDisconnected:
+            log.info("client went away during %s %s", request.method, request.path)
+        except RegistryError as error:
+            await self._error(request, send, status_for(error), body_for(error))
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            await self._error(request, send, 500, error_body("UNKNOWN", "internal server error"))
+
+    @staticmethod
+    async def _error(request: Request, send: Send, status: int, body: bytes) -> None:
+        head = request.method == "HEAD"
+        try:
+            await respond(send, status, {"content-type": JSON}, body, head=head)
+        except Exception:  # the response had already started, or the client is gone
+            log.debug("could not send error response", exc_info=True)
+
+    async def _dispatch(self, request: Request, send: Send) -> None:
+        ctx = self.ctx
+        method = request.method
+        path = request.path
+        identity = ctx.access.authenticate(request.headers.get("authorization"))
+        if path in ("/v2/", "/v2"):
+            if method not in ("GET", "HEAD"):
+                raise _method_not_allowed()
+            await respond_json(send, 200, {})
+            return
+        if path == "/v2/_catalog":
+            if method != "GET":
+                raise _method_not_allowed()
+            ctx.access.authorize(identity, None, "pull")
+            await listing.catalog(ctx, request, send)
+            return
+        match = _ROUTE.match(path)
+        if match is None:
+            await respond(send, 404, {"content-type": JSON}, error_body("NOT_FOUND", "no such endpoint"))
+            return
+        name = validate_name(match["name"])
+        action = _ACTIONS.get(method)
+        if action is None:
+            raise _method_not_allowed()
+        ctx.access.authorize(identity, name, action)
+        if (reference := match["reference"]) is not None:
+            if method in ("GET", "HEAD"):
+                await manifests.get_manifest(ctx, request, send, name, reference)
+            elif method == "PUT":
+                await manifests.put_manifest(ctx, request, send, name, reference)
+            elif method == "DELETE":
+                await manifests.delete_manifest(ctx, request, send, name, reference)
+            else:
+                raise _method_not_allowed()
+        elif (upload := match["upload"]) is not None:
+            if upload == "":
+                if method != "POST":
+                    raise _method_not_allowed()
+                await uploads.start_upload(ctx, request, send, name, identity)
+            elif method == "PATCH":
+                await uploads.patch_upload(ctx, request, send, name, upload)
+            elif method == "PUT":
+                await uploads.finish_upload(ctx, request, send, name, upload)
+            elif method == "GET":
+                await uploads.upload_status(ctx, request, send, name, upload)
+            elif method == "DELETE":
+                await uploads.cancel_upload(ctx, request, send, name, upload)
+            else:
+                raise _method_not_allowed()
+        elif (digest := match["digest"]) is not None:
+            if method in ("GET", "HEAD"):
+                await blobs.get_blob(ctx, request, send, name, digest)
+            elif method == "DELETE":
+                await blobs.delete_blob(ctx, request, send, name, digest)
+            else:
+                raise _method_not_allowed()
+        elif match["tags"] is not None:
+            if method != "GET":
+                raise _method_not_allowed()
+            await listing.list_tags(ctx, request, send, name)
+        else:
+            if method != "GET":
+                raise _method_not_allowed()
+            await listing.referrers(ctx, request, send, name, match["subject"])
+
+
+class _MethodNotAllowed(RegistryError):
+    code = "UNSUPPORTED"
+    message = "method not allowed for this endpoint"
+
+
+def _method_not_allowed() -> RegistryError:
+    return _MethodNotAllowed()

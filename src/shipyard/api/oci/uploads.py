@@ -1,0 +1,152 @@
+"""Blob uploads: start, monolithic, mount, chunked PATCH, finishing PUT, status and cancel."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from shipyard.api.http import Request, respond
+from shipyard.api.oci.context import Context
+from shipyard.api.types import Send
+from shipyard.domain.digest import Digest
+from shipyard.domain.errors import BlobUploadInvalid, DigestInvalid, RangeInvalid, SizeInvalid
+from shipyard.domain.records import UploadState
+from shipyard.services.access import Identity
+from shipyard.services.registry import UploadAppender
+
+# Hand bytes to the writer thread in large pieces: hashing and write(2) pay per call.
+WRITE_BUFFER = 1024 * 1024
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _range_header(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+def _upload_headers(name: str, state: UploadState) -> dict[str, str]:
+    return {
+        "location": f"/v2/{name}/blobs/uploads/{state.id}",
+        "range": _range_header(state.size),
+        "docker-upload-uuid": state.id,
+    }
+
+
+def _blob_created(name: str, digest: str) -> dict[str, str]:
+    return {"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": digest}
+
+
+def parse_content_range(value: str | None) -> tuple[int, int] | None:
+    """(start, length) of a chunk's Content-Range, as clients send it (`a-b`, inclusive)."""
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.match(value.strip())
+    if match is None:
+        raise RangeInvalid(f"malformed Content-Range: {value!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    if last < first:
+        raise RangeInvalid(f"malformed Content-Range: {value!r}")
+    return first, last - first + 1
+
+
+def _has_body(request: Request) -> bool:
+    length = request.content_length()
+    if length is not None:
+        return length > 0
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+async def _pump(ctx: Context, request: Request, appender: UploadAppender) -> UploadState:
+    """Stream the request body into the upload; on any failure nothing of this chunk remains."""
+    buffer = bytearray()
+    try:
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) >= WRITE_BUFFER:
+                data, buffer = buffer, bytearray()
+                await ctx.run(appender.write, data)
+        if buffer:
+            await ctx.run(appender.write, buffer)
+        return await ctx.run(appender.finish)
+    except BaseException:
+        await ctx.run(appender.abort)
+        raise
+
+
+async def _append(ctx: Context, request: Request, name: str, upload_id: str) -> UploadState:
+    """Append the body as a chunk. Without Content-Range it is a streamed chunk that simply appends."""
+    declared = parse_content_range(request.headers.get("content-range"))
+    length = request.content_length()
+    start: int | None = None
+    if declared is not None:
+        start, range_length = declared
+        if length is not None and length != range_length:
+            raise SizeInvalid(f"Content-Length {length} does not match Content-Range ({range_length} bytes)")
+        length = range_length
+    appender = await ctx.run(ctx.registry.begin_append, name, upload_id, start, length)
+    return await _pump(ctx, request, appender)
+
+
+async def start_upload(ctx: Context, request: Request, send: Send, name: str, identity: Identity) -> None:
+    mount = request.param("mount")
+    if mount is not None:
+        source = request.param("from")
+        info = await ctx.run(
+            ctx.registry.mount_blob,
+            name,
+            mount,
+            source,
+            lambda repo: ctx.access.allowed(identity, repo, "pull"),
+        )
+        if info is not None:
+            await respond(send, 201, _blob_created(name, info.digest))
+            return
+    digest = request.param("digest")
+    if digest is not None:
+        parsed = Digest.parse(digest)  # reject a bad digest before reading any body
+        state = await ctx.run(ctx.registry.start_upload, name)
+        try:
+            appender = await ctx.run(
+                ctx.registry.begin_append, name, state.id, None, request.content_length()
+            )
+            await _pump(ctx, request, appender)
+            info = await ctx.run(ctx.registry.complete_upload, name, state.id, str(parsed))
+        except BaseException:
+            await ctx.run(_discard, ctx, name, state.id)
+            raise
+        await respond(send, 201, _blob_created(name, info.digest))
+        return
+    state = await ctx.run(ctx.registry.start_upload, name)
+    await respond(send, 202, _upload_headers(name, state))
+
+
+def _discard(ctx: Context, name: str, upload_id: str) -> None:
+    with contextlib.suppress(Exception):
+        ctx.registry.cancel_upload(name, upload_id)
+
+
+async def patch_upload(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
+    state = await _append(ctx, request, name, upload_id)
+    await respond(send, 202, _upload_headers(name, state))
+
+
+async def finish_upload(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
+    digest = request.param("digest")
+    if digest is None:
+        raise DigestInvalid("the digest query parameter is required to finish an upload")
+    parsed = Digest.parse(digest)
+    if _has_body(request):
+        await _append(ctx, request, name, upload_id)
+    elif request.headers.get("content-range"):
+        raise BlobUploadInvalid("Content-Range without a body")
+    info = await ctx.run(ctx.registry.complete_upload, name, upload_id, str(parsed))
+    await respond(send, 201, _blob_created(name, info.digest))
+
+
+async def upload_status(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
+    state = await ctx.run(ctx.registry.upload_status, name, upload_id)
+    await respond(send, 204, _upload_headers(name, state))
+
+
+async def cancel_upload(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
+    await ctx.run(ctx.registry.cancel_upload, name, upload_id)
+    await respond(send, 204)

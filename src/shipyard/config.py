@@ -1,0 +1,104 @@
+"""Settings: defaults < config file (TOML) < SHIPYARD_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "SHIPYARD_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(5000, ge=1, le=65535, description="port to listen on")
+    data_dir: Path = Field(Path("./data"), description="where the database and blobs live by default")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL: sqlite:///PATH (default: DATA_DIR/shipyard.db) or postgresql://...",
+    )
+    storage_backend: Literal["filesystem", "memory"] = Field("filesystem", description="blob store driver")
+    storage_path: Path | None = Field(
+        None, description="root of the filesystem blob store (default: DATA_DIR)"
+    )
+    workers: int = Field(1, ge=1, le=64, description="server worker processes")
+    threads: int = Field(16, ge=1, le=256, description="threads per worker for database and file work")
+    delete_enabled: bool = Field(True, description="allow DELETE of manifests, tags and blobs")
+    upload_max_age_seconds: int = Field(86400, ge=60, description="abandoned uploads are purged after this")
+    upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")
+    pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'shipyard.db').resolve()}"
+
+    @property
+    def resolved_storage_path(self) -> Path:
+        return (self.storage_path or self.data_dir).resolve()
+
+    def to_environment(self) -> dict[str, str]:
+        """The settings as SHIPYARD_* variables, to hand them to worker processes."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = value.resolve()
+            out[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+class SettingsError(Exception):
+    """A bad configuration, with a message that names each offending setting."""
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"config file not found: {path}")
+    values = {k: v for k, v in overrides.items() if v is not None}
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls))
+            return tuple(sources)
+
+    try:
+        loaded = FileSettings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    return Settings.model_construct(**loaded.model_dump())
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        env = f"{ENV_PREFIX}{field.upper()}"
+        lines.append(f"invalid setting {field} ({env}): {error['msg']}")
+    return "\n".join(lines)

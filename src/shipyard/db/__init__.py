@@ -1,0 +1,1 @@
+"""SQL metadata: typed models, engine set-up, queries and Alembic migrations."""

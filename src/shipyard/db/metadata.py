@@ -1,0 +1,392 @@
+"""Queries over the metadata database. Every method is one transaction and returns plain records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from shipyard.db.engine import read_transaction, write_transaction
+from shipyard.db.models import (
+    Blob,
+    Manifest,
+    ManifestChild,
+    ManifestLayer,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    UploadSession,
+)
+from shipyard.domain.errors import ManifestBlobUnknown
+from shipyard.domain.manifest import ParsedManifest
+from shipyard.domain.records import Page, Referrer, StoredManifest, UploadState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class MetadataStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _insert(self, model: Any) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(model)
+        return sqlite.insert(model)
+
+    def _ensure_repository(self, conn: Connection, name: str) -> int:
+        existing = conn.execute(select(Repository.id).where(Repository.name == name)).scalar()
+        if existing is not None:
+            return int(existing)
+        conn.execute(self._insert(Repository).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
+        return int(conn.execute(select(Repository.id).where(Repository.name == name)).scalar_one())
+
+    @staticmethod
+    def _repository_id(conn: Connection, name: str) -> int | None:
+        value = conn.execute(select(Repository.id).where(Repository.name == name)).scalar()
+        return None if value is None else int(value)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        with read_transaction(self.engine) as conn:
+            value = conn.execute(
+                select(Blob.size)
+                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                .join(Repository, Repository.id == RepositoryBlob.repository_id)
+                .where(Repository.name == repository, Blob.digest == digest)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def blob_size(self, digest: str) -> int | None:
+        with read_transaction(self.engine) as conn:
+            value = conn.execute(select(Blob.size).where(Blob.digest == digest)).scalar()
+        return None if value is None else int(value)
+
+    def link_blob(self, repository: str, digest: str, size: int, media_type: str | None = None) -> None:
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            conn.execute(
+                self._insert(Blob)
+                .values(digest=digest, size=size, media_type=media_type, created_at=now)
+                .on_conflict_do_nothing()
+            )
+            conn.execute(
+                self._insert(RepositoryBlob)
+                .values(repository_id=repository_id, digest=digest, created_at=now)
+                .on_conflict_do_nothing()
+            )
+
+    def unlink_blob(self, repository: str, digest: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return False
+            result = conn.execute(
+                delete(RepositoryBlob).where(
+                    RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest == digest
+                )
+            )
+            return bool(result.rowcount)
+
+    def repositories_with_blob(self, digest: str, limit: int = 50) -> list[str]:
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(Repository.name)
+                .join(RepositoryBlob, RepositoryBlob.repository_id == Repository.id)
+                .where(RepositoryBlob.digest == digest)
+                .order_by(Repository.name)
+                .limit(limit)
+            ).scalars()
+            return list(rows)
+
+    def blob_digests(self) -> set[str]:
+        with read_transaction(self.engine) as conn:
+            return set(conn.execute(select(Blob.digest)).scalars())
+
+    def referenced_blob_digests(self) -> set[str]:
+        """Every digest a stored manifest references as a config or a layer."""
+        with read_transaction(self.engine) as conn:
+            layers = set(conn.execute(select(ManifestLayer.digest)).scalars())
+            configs = {d for d in conn.execute(select(Manifest.config_digest)).scalars() if d is not None}
+        return layers | configs
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def create_upload(self, upload_id: str, repository: str) -> UploadState:
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                self._insert(UploadSession).values(
+                    id=upload_id, repository=repository, size=0, created_at=now, updated_at=now
+                )
+            )
+        return UploadState(upload_id, repository, 0, now)
+
+    def get_upload(self, upload_id: str) -> UploadState | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(
+                select(
+                    UploadSession.id, UploadSession.repository, UploadSession.size, UploadSession.created_at
+                ).where(UploadSession.id == upload_id)
+            ).first()
+        if row is None:
+            return None
+        return UploadState(row.id, row.repository, int(row.size), _aware(row.created_at))
+
+    def advance_upload(self, upload_id: str, expected: int, size: int) -> bool:
+        """Move an upload from `expected` to `size` bytes; False if another request moved it first."""
+        with write_transaction(self.engine) as conn:
+            result = conn.execute(
+                update(UploadSession)
+                .where(UploadSession.id == upload_id, UploadSession.size == expected)
+                .values(size=size, updated_at=utcnow())
+            )
+            return bool(result.rowcount)
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            result = conn.execute(delete(UploadSession).where(UploadSession.id == upload_id))
+            return bool(result.rowcount)
+
+    def stale_uploads(self, cutoff: datetime) -> list[str]:
+        with read_transaction(self.engine) as conn:
+            return list(
+                conn.execute(select(UploadSession.id).where(UploadSession.updated_at < cutoff)).scalars()
+            )
+
+    def upload_ids(self) -> set[str]:
+        with read_transaction(self.engine) as conn:
+            return set(conn.execute(select(UploadSession.id)).scalars())
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def put_manifest(
+        self, repository: str, manifest: ParsedManifest, content: bytes, tags: Iterable[str]
+    ) -> None:
+        """Write the manifest, its layer or child rows and its tags in one transaction."""
+        digest = str(manifest.digest)
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            repository_id = self._ensure_repository(conn, repository)
+            self._check_references(conn, repository_id, manifest)
+            manifest_id = conn.execute(
+                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+            ).scalar()
+            if manifest_id is None:
+                manifest_id = conn.execute(
+                    self._insert(Manifest)
+                    .values(
+                        repository_id=repository_id,
+                        digest=digest,
+                        media_type=manifest.media_type,
+                        artifact_type=manifest.effective_artifact_type,
+                        size=manifest.size,
+                        config_digest=str(manifest.config.digest) if manifest.config else None,
+                        subject_digest=str(manifest.subject.digest) if manifest.subject else None,
+                        annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
+                        content=content,
+                        created_at=now,
+                    )
+                    .returning(Manifest.id)
+                ).scalar_one()
+                if manifest.layers:
+                    conn.execute(
+                        self._insert(ManifestLayer),
+                        [
+                            {
+                                "manifest_id": manifest_id,
+                                "position": i,
+                                "digest": str(layer.digest),
+                                "size": layer.size,
+                                "media_type": layer.media_type,
+                            }
+                            for i, layer in enumerate(manifest.layers)
+                        ],
+                    )
+                if manifest.children:
+                    conn.execute(
+                        self._insert(ManifestChild),
+                        [
+                            {
+                                "manifest_id": manifest_id,
+                                "position": i,
+                                "digest": str(child.digest),
+                                "size": child.size,
+                                "media_type": child.media_type,
+                                "platform": json.dumps(child.platform) if child.platform else None,
+                            }
+                            for i, child in enumerate(manifest.children)
+                        ],
+                    )
+            for tag in tags:
+                statement = self._insert(Tag).values(
+                    repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now
+                )
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["repository_id", "name"],
+                        set_={"manifest_id": manifest_id, "updated_at": now},
+                    )
+                )
+
+    @staticmethod
+    def _check_references(conn: Connection, repository_id: int, manifest: ParsedManifest) -> None:
+        blobs = {
+            str(d.digest) for d in (manifest.config, *manifest.layers) if d is not None and d.requires_blob
+        }
+        if blobs:
+            present = set(
+                conn.execute(
+                    select(RepositoryBlob.digest).where(
+                        RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest.in_(blobs)
+                    )
+                ).scalars()
+            )
+            missing = sorted(blobs - present)
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"blob unknown to repository: {missing[0]}", extra={"digest": missing[0]}
+                )
+        children = {str(c.digest) for c in manifest.children if not c.has_data}
+        if children:
+            present = set(
+                conn.execute(
+                    select(Manifest.digest).where(
+                        Manifest.repository_id == repository_id, Manifest.digest.in_(children)
+                    )
+                ).scalars()
+            )
+            missing = sorted(children - present)
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"manifest unknown to repository: {missing[0]}", extra={"digest": missing[0]}
+                )
+
+    _MANIFEST_COLUMNS = (Manifest.id, Manifest.digest, Manifest.media_type, Manifest.size, Manifest.content)
+
+    def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(
+                select(*self._MANIFEST_COLUMNS)
+                .join(Tag, Tag.manifest_id == Manifest.id)
+                .join(Repository, Repository.id == Tag.repository_id)
+                .where(Repository.name == repository, Tag.name == tag)
+            ).first()
+        return (
+            None if row is None else StoredManifest(row.id, row.digest, row.media_type, row.size, row.content)
+        )
+
+    def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(
+                select(*self._MANIFEST_COLUMNS)
+                .join(Repository, Repository.id == Manifest.repository_id)
+                .where(Repository.name == repository, Manifest.digest == digest)
+            ).first()
+        return (
+            None if row is None else StoredManifest(row.id, row.digest, row.media_type, row.size, row.content)
+        )
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return False
+            manifest_id = conn.execute(
+                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
+            ).scalar()
+            if manifest_id is None:
+                return False
+            # explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
+            # do not want to depend on it
+            conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+            conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id == manifest_id))
+            conn.execute(delete(ManifestChild).where(ManifestChild.manifest_id == manifest_id))
+            conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            return True
+
+    def delete_tag(self, repository: str, tag: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return False
+            result = conn.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
+            return bool(result.rowcount)
+
+    def record_pulls(self, pulls: Mapping[int, datetime]) -> None:
+        if not pulls:
+            return
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(Manifest)
+                .where(Manifest.id == bindparam("manifest_id"))
+                .values(last_pulled_at=bindparam("pulled_at")),
+                [{"manifest_id": k, "pulled_at": v} for k, v in pulls.items()],
+            )
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def repository_exists(self, repository: str) -> bool:
+        with read_transaction(self.engine) as conn:
+            return self._repository_id(conn, repository) is not None
+
+    def list_tags(self, repository: str, limit: int, last: str | None) -> Page | None:
+        with read_transaction(self.engine) as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return None
+            query = select(Tag.name).where(Tag.repository_id == repository_id)
+            if last is not None:
+                query = query.where(Tag.name > last)
+            names = list(conn.execute(query.order_by(Tag.name).limit(limit + 1)).scalars())
+        return Page(names[:limit], len(names) > limit)
+
+    def catalog(self, limit: int, last: str | None) -> Page:
+        with read_transaction(self.engine) as conn:
+            query = select(Repository.name)
+            if last is not None:
+                query = query.where(Repository.name > last)
+            names = list(conn.execute(query.order_by(Repository.name).limit(limit + 1)).scalars())
+        return Page(names[:limit], len(names) > limit)
+
+    def referrers(self, repository: str, subject: str, artifact_type: str | None) -> list[Referrer]:
+        with read_transaction(self.engine) as conn:
+            query = (
+                select(
+                    Manifest.media_type,
+                    Manifest.digest,
+                    Manifest.size,
+                    Manifest.artifact_type,
+                    Manifest.annotations,
+                )
+                .join(Repository, Repository.id == Manifest.repository_id)
+                .where(and_(Repository.name == repository, Manifest.subject_digest == subject))
+            )
+            if artifact_type is not None:
+                query = query.where(Manifest.artifact_type == artifact_type)
+            rows = conn.execute(query.order_by(Manifest.id)).all()
+        return [
+            Referrer(
+                row.media_type,
+                row.digest,
+                int(row.size),
+                row.artifact_type,
+                json.loads(row.annotations) if row.annotations else None,
+            )
+            for row in rows
+        ]

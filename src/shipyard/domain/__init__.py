@@ -1,0 +1,1 @@
+"""Registry domain: digests, names, descriptors, manifests and errors. Standard library only."""

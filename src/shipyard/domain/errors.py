@@ -1,0 +1,106 @@
+"""Domain errors. Each carries its OCI error code; the API maps codes to HTTP statuses in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistryError(Exception):
+    code = "UNKNOWN"
+    message = "unknown error"
+
+    def __init__(self, detail: str | None = None, *, extra: Any = None) -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+        self.extra = extra
+
+
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    message = "blob unknown to registry"
+
+
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+    message = "blob upload invalid"
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+    message = "blob upload unknown to registry"
+
+
+class RangeInvalid(BlobUploadInvalid):
+    """A chunk that does not start where the upload stands (416)."""
+
+    message = "chunk does not start at the end of the upload"
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    message = "provided digest did not match uploaded content"
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+    message = "manifest references a manifest or blob unknown to registry"
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    message = "manifest invalid"
+
+
+class ManifestTooLarge(ManifestInvalid):
+    message = "manifest exceeds the size limit"
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    message = "manifest unknown to registry"
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    message = "invalid repository name"
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    message = "repository name not known to registry"
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+    message = "provided length did not match content length"
+
+
+class TagInvalid(RegistryError):
+    # The spec has no TAG_INVALID code; an invalid tag is an invalid manifest reference.
+    code = "MANIFEST_INVALID"
+    message = "invalid tag"
+
+
+class Unauthorized(RegistryError):
+    code = "UNAUTHORIZED"
+    message = "authentication required"
+
+
+class Denied(RegistryError):
+    code = "DENIED"
+    message = "requested access to the resource is denied"
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    message = "the operation is unsupported"
+
+
+class TooManyRequests(RegistryError):
+    code = "TOOMANYREQUESTS"
+    message = "too many requests"
+
+
+class PaginationInvalid(RegistryError):
+    code = "PAGINATION_NUMBER_INVALID"
+    message = "invalid number of results requested"

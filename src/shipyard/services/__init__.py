@@ -1,0 +1,1 @@
+"""Registry logic. Services take typed arguments, never a request or the whole settings."""

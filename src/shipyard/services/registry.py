@@ -1,0 +1,326 @@
+"""The registry: blobs, uploads, manifests, tags, referrers and the catalog."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from shipyard.db.metadata import MetadataStore
+from shipyard.domain.digest import Digest, Hasher, is_digest, new_hasher
+from shipyard.domain.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RangeInvalid,
+    SizeInvalid,
+    Unsupported,
+)
+from shipyard.domain.manifest import parse_manifest
+from shipyard.domain.names import validate_name, validate_tag
+from shipyard.domain.records import BlobInfo, Page, PutManifestResult, Referrer, StoredManifest, UploadState
+from shipyard.services.pulls import PullRecorder
+from shipyard.storage.base import UPLOAD_ID, BlobStore, BlobWriter, UploadMissing
+
+log = logging.getLogger(__name__)
+
+# Hash state of uploads in flight in this process, so that completing an upload need not re-read it.
+# hashlib objects cannot be persisted: another process completing the upload re-hashes the staged bytes.
+_HASHER_CACHE_SIZE = 512
+STREAM_ALGORITHM = "sha256"
+DEFAULT_PAGE_SIZE = 10_000
+
+
+class UploadAppender:
+    """Appends one request's bytes to an upload; nothing moves unless `finish` is reached."""
+
+    def __init__(
+        self,
+        service: RegistryService,
+        state: UploadState,
+        writer: BlobWriter,
+        hasher: Hasher | None,
+        expected_length: int | None,
+    ) -> None:
+        self._service = service
+        self.state = state
+        self._writer = writer
+        self._hasher = hasher
+        self._expected = expected_length
+        self._written = 0
+
+    @property
+    def offset(self) -> int:
+        return self.state.size + self._written
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._expected is not None and self._written + len(data) > self._expected:
+            raise SizeInvalid("request body is longer than its declared length")
+        self._writer.write(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._written += len(data)
+
+    def finish(self) -> UploadState:
+        if self._expected is not None and self._written != self._expected:
+            self.abort()
+            raise SizeInvalid(f"received {self._written} bytes, expected {self._expected}")
+        size = self._writer.commit()
+        if not self._service.metadata.advance_upload(self.state.id, self.state.size, size):
+            raise RangeInvalid("the upload was changed by another request")
+        if self._hasher is not None:
+            self._service._remember_hasher(self.state.id, size, self._hasher)
+        self.state = UploadState(self.state.id, self.state.repository, size, self.state.created_at)
+        return self.state
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class RegistryService:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        *,
+        delete_enabled: bool = True,
+        pulls: PullRecorder | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.delete_enabled = delete_enabled
+        self.pulls = pulls or PullRecorder(metadata)
+        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+        self._hashers_lock = threading.Lock()
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def stat_blob(self, repository: str, digest: str) -> BlobInfo:
+        validate_name(repository)
+        parsed = Digest.parse(digest)
+        size = self.metadata.linked_blob_size(repository, str(parsed))
+        if size is None:
+            raise BlobUnknown(f"blob unknown to repository: {digest}")
+        return BlobInfo(str(parsed), size)
+
+    def blob_local_path(self, digest: str) -> str | None:
+        return self.blobs.local_path(Digest.parse(digest))
+
+    def read_blob(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        return self.blobs.read(Digest.parse(digest), offset, length)
+
+    def delete_blob(self, repository: str, digest: str) -> None:
+        validate_name(repository)
+        parsed = Digest.parse(digest)
+        if not self.delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        if not self.metadata.unlink_blob(repository, str(parsed)):
+            raise BlobUnknown(f"blob unknown to repository: {digest}")
+
+    def mount_blob(
+        self, repository: str, digest: str, source: str | None, may_read: Callable[[str], bool]
+    ) -> BlobInfo | None:
+        """Link a blob held by `source` (or, with no source, by any repository the caller may read).
+        None when it cannot be mounted: the caller then falls back to an upload."""
+        validate_name(repository)
+        try:
+            parsed = Digest.parse(digest)
+        except DigestInvalid:
+            return None
+        candidates: Iterable[str]
+        if source is not None:
+            try:
+                validate_name(source)
+            except Exception:
+                return None
+            candidates = [source]
+        else:
+            candidates = self.metadata.repositories_with_blob(str(parsed))
+        for candidate in candidates:
+            size = self.metadata.linked_blob_size(candidate, str(parsed))
+            if size is None or not may_read(candidate):
+                continue
+            if self.blobs.stat(parsed) != size:
+                log.warning("blob %s is in the database but not in the store; not mounting", parsed)
+                return None
+            self.metadata.link_blob(repository, str(parsed), size)
+            return BlobInfo(str(parsed), size)
+        return None
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def start_upload(self, repository: str) -> UploadState:
+        validate_name(repository)
+        upload_id = uuid.uuid4().hex
+        self.blobs.create_upload(upload_id)
+        return self.metadata.create_upload(upload_id, repository)
+
+    def upload_status(self, repository: str, upload_id: str) -> UploadState:
+        validate_name(repository)
+        if not UPLOAD_ID.match(upload_id):
+            raise BlobUploadUnknown(f"upload unknown: {upload_id!r}")
+        state = self.metadata.get_upload(upload_id)
+        if state is None or state.repository != repository:
+            raise BlobUploadUnknown(f"upload unknown: {upload_id!r}")
+        return state
+
+    def begin_append(
+        self, repository: str, upload_id: str, start: int | None = None, length: int | None = None
+    ) -> UploadAppender:
+        """Prepare to append a chunk. `start` is where the client says the chunk begins (416 if that is
+        not where the upload stands); `length` is the chunk's declared length, when known."""
+        state = self.upload_status(repository, upload_id)
+        if start is not None and start != state.size:
+            raise RangeInvalid(f"chunk starts at {start}, the upload stands at {state.size}")
+        try:
+            writer = self.blobs.open_upload(upload_id, state.size)
+        except UploadMissing:
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        return UploadAppender(self, state, writer, self._take_hasher(upload_id, state.size), length)
+
+    def complete_upload(self, repository: str, upload_id: str, digest: str) -> BlobInfo:
+        state = self.upload_status(repository, upload_id)
+        parsed = Digest.parse(digest)
+        actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
+        if actual != parsed:
+            self._drop_upload(upload_id)
+            raise DigestInvalid(f"content hashes to {actual}, not {parsed}")
+        try:
+            self.blobs.commit_upload(upload_id, parsed)
+        except UploadMissing:
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        self.metadata.link_blob(repository, str(parsed), state.size)
+        self.metadata.delete_upload(upload_id)
+        return BlobInfo(str(parsed), state.size)
+
+    def cancel_upload(self, repository: str, upload_id: str) -> None:
+        self.upload_status(repository, upload_id)
+        self._drop_upload(upload_id)
+
+    def purge_uploads(self, max_age: timedelta) -> int:
+        """Remove uploads untouched for `max_age`, in the database and in the store."""
+        cutoff = datetime.now(UTC) - max_age
+        purged = 0
+        for upload_id in self.metadata.stale_uploads(cutoff):
+            self._drop_upload(upload_id)
+            purged += 1
+        known = self.metadata.upload_ids()
+        for upload_id, mtime in list(self.blobs.uploads()):
+            if upload_id not in known and mtime < cutoff.timestamp():
+                self.blobs.cancel_upload(upload_id)
+                purged += 1
+        if purged:
+            log.info("purged %d abandoned uploads older than %s", purged, max_age)
+        return purged
+
+    def _drop_upload(self, upload_id: str) -> None:
+        self.blobs.cancel_upload(upload_id)
+        self.metadata.delete_upload(upload_id)
+        with self._hashers_lock:
+            self._hashers.pop(upload_id, None)
+
+    def _take_hasher(self, upload_id: str, offset: int) -> Hasher | None:
+        with self._hashers_lock:
+            cached = self._hashers.pop(upload_id, None)
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        if offset == 0:
+            return new_hasher(STREAM_ALGORITHM)
+        # the bytes so far went through another process: hash them all at the end instead
+        return None
+
+    def _remember_hasher(self, upload_id: str, offset: int, hasher: Hasher) -> None:
+        with self._hashers_lock:
+            self._hashers[upload_id] = (offset, hasher)
+            while len(self._hashers) > _HASHER_CACHE_SIZE:
+                self._hashers.popitem(last=False)
+
+    def _upload_digest(self, upload_id: str, size: int, algorithm: str) -> Digest:
+        with self._hashers_lock:
+            cached = self._hashers.pop(upload_id, None)
+        if cached is not None and cached[0] == size and algorithm == STREAM_ALGORITHM:
+            return Digest(algorithm, cached[1].hexdigest())
+        hasher = new_hasher(algorithm)
+        seen = 0
+        try:
+            for chunk in self.blobs.read_upload(upload_id):
+                take = min(len(chunk), size - seen)
+                hasher.update(chunk[:take] if take < len(chunk) else chunk)
+                seen += take
+                if seen >= size:
+                    break
+        except UploadMissing:
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        if seen != size:
+            raise BlobUploadInvalid(f"upload holds {seen} bytes, expected {size}")
+        return Digest(algorithm, hasher.hexdigest())
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def put_manifest(
+        self,
+        repository: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: Iterable[str] = (),
+    ) -> PutManifestResult:
+        validate_name(repository)
+        tags = [validate_tag(tag) for tag in extra_tags]
+        expected: Digest | None = None
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+            actual = Digest.of(body, expected.algorithm)
+            if actual != expected:
+                raise DigestInvalid(f"manifest hashes to {actual}, not {expected}")
+        else:
+            tags.insert(0, validate_tag(reference))
+        manifest = parse_manifest(body, content_type, expected)
+        self.metadata.put_manifest(repository, manifest, body, dict.fromkeys(tags))
+        return PutManifestResult(
+            str(manifest.digest), str(manifest.subject.digest) if manifest.subject else None
+        )
+
+    def get_manifest(self, repository: str, reference: str) -> StoredManifest:
+        validate_name(repository)
+        if is_digest(reference):
+            found = self.metadata.manifest_by_digest(repository, str(Digest.parse(reference)))
+        else:
+            found = self.metadata.manifest_by_tag(repository, validate_tag(reference))
+        if found is None:
+            raise ManifestUnknown(f"manifest unknown: {reference}")
+        self.pulls.record(found.id)
+        return found
+
+    def delete_manifest(self, repository: str, reference: str) -> None:
+        validate_name(repository)
+        if not self.delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        if is_digest(reference):
+            deleted = self.metadata.delete_manifest(repository, str(Digest.parse(reference)))
+        else:
+            deleted = self.metadata.delete_tag(repository, validate_tag(reference))
+        if not deleted:
+            raise ManifestUnknown(f"manifest unknown: {reference}")
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def list_tags(self, repository: str, n: int | None, last: str | None) -> Page:
+        validate_name(repository)
+        page = self.metadata.list_tags(repository, DEFAULT_PAGE_SIZE if n is None else n, last)
+        if page is None:
+            raise NameUnknown(f"repository unknown: {repository}")
+        return page
+
+    def catalog(self, n: int | None, last: str | None) -> Page:
+        return self.metadata.catalog(DEFAULT_PAGE_SIZE if n is None else n, last)
+
+    def referrers(self, repository: str, digest: str, artifact_type: str | None) -> list[Referrer]:
+        validate_name(repository)
+        return self.metadata.referrers(repository, str(Digest.parse(digest)), artifact_type)

@@ -1,0 +1,184 @@
+"""Filesystem driver: blobs/<algorithm>/<2 hex>/<encoded>, uploads/<id> staged beside them.
+
+Visibility is an atomic rename of an fsynced file, followed by an fsync of the directory, so a crash at
+any moment leaves either no blob or a complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from shipyard.domain.digest import SUPPORTED_ALGORITHMS, Digest
+from shipyard.storage.base import UploadMissing, check_upload_id
+
+READ_CHUNK = 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobWriter:
+    def __init__(self, path: Path, offset: int) -> None:
+        self._path = path
+        self._start = offset
+        self._fd = os.open(path, os.O_WRONLY)
+        os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._offset = offset
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+            self._offset += written
+
+    def commit(self) -> int:
+        os.close(self._fd)
+        self._fd = -1
+        return self._offset
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._start)
+            os.close(self._fd)
+            self._fd = -1
+        self._offset = self._start
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._blobs = root / "blobs"
+        self._uploads = root / "uploads"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._uploads.mkdir(parents=True, exist_ok=True)
+
+    def _blob_path(self, digest: Digest) -> Path:
+        # Digest is validated by construction: algorithm and lower-case hex only, no path separators.
+        return self._blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
+
+    def _upload_path(self, upload_id: str) -> Path:
+        return self._uploads / check_upload_id(upload_id)
+
+    def stat(self, digest: Digest) -> int | None:
+        try:
+            return self._blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, digest: Digest) -> str | None:
+        path = self._blob_path(digest)
+        return str(path) if path.exists() else None
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        try:
+            fd = os.open(self._blob_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyError(str(digest)) from None
+        return self._read_fd(fd, offset, length)
+
+    @staticmethod
+    def _read_fd(fd: int, offset: int, length: int | None) -> Iterator[bytes]:
+        try:
+            remaining = length if length is not None else os.fstat(fd).st_size - offset
+            while remaining > 0:
+                chunk = os.pread(fd, min(READ_CHUNK, remaining), offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def delete(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._blob_path(digest).unlink()
+
+    def digests(self) -> Iterator[Digest]:
+        for algorithm in SUPPORTED_ALGORITHMS:
+            base = self._blobs / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in sorted(base.iterdir()):
+                for path in sorted(prefix.iterdir()):
+                    if not path.name.startswith("."):
+                        yield Digest(algorithm, path.name)
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        target = self._blob_path(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.parent / f".{digest.encoded}.{os.getpid()}.tmp"
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+        _fsync_dir(target.parent)
+
+    def create_upload(self, upload_id: str) -> None:
+        self._upload_path(upload_id).touch(exist_ok=False)
+
+    def upload_size(self, upload_id: str) -> int:
+        try:
+            return self._upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            raise UploadMissing(upload_id) from None
+
+    def open_upload(self, upload_id: str, offset: int) -> FileBlobWriter:
+        try:
+            return FileBlobWriter(self._upload_path(upload_id), offset)
+        except FileNotFoundError:
+            raise UploadMissing(upload_id) from None
+
+    def read_upload(self, upload_id: str) -> Iterator[bytes]:
+        try:
+            fd = os.open(self._upload_path(upload_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise UploadMissing(upload_id) from None
+        return self._read_fd(fd, 0, None)
+
+    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+        source = self._upload_path(upload_id)
+        target = self._blob_path(digest)
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except FileNotFoundError:
+            raise UploadMissing(upload_id) from None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if target.exists():
+            source.unlink()
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        _fsync_dir(target.parent)
+
+    def cancel_upload(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._upload_path(upload_id).unlink()
+
+    def uploads(self) -> Iterator[tuple[str, float]]:
+        for path in self._uploads.iterdir():
+            try:
+                yield path.name, path.stat().st_mtime
+            except FileNotFoundError:
+                continue

@@ -1,0 +1,115 @@
+"""In-memory driver: for unit tests and throwaway registries. Same contract as the filesystem driver."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from shipyard.domain.digest import Digest
+from shipyard.storage.base import UploadMissing, check_upload_id
+
+READ_CHUNK = 1024 * 1024
+
+
+class MemoryBlobWriter:
+    def __init__(self, store: MemoryBlobStore, upload_id: str, offset: int) -> None:
+        self._store = store
+        self._id = upload_id
+        self._start = offset
+        self._buffer = bytearray(store._uploads[upload_id][:offset])
+        self._offset = offset
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        self._offset += len(data)
+
+    def commit(self) -> int:
+        with self._store._lock:
+            if self._id not in self._store._uploads:
+                raise UploadMissing(self._id)
+            self._store._uploads[self._id] = self._buffer
+            self._store._touched[self._id] = time.time()
+        return self._offset
+
+    def abort(self) -> None:
+        self._offset = self._start
+
+
+class MemoryBlobStore:
+    def __init__(self) -> None:
+        self._blobs: dict[Digest, bytes] = {}
+        self._uploads: dict[str, bytearray] = {}
+        self._touched: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def stat(self, digest: Digest) -> int | None:
+        data = self._blobs.get(digest)
+        return None if data is None else len(data)
+
+    def local_path(self, digest: Digest) -> str | None:
+        return None
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        data = self._blobs.get(digest)
+        if data is None:
+            raise KeyError(str(digest))
+        end = len(data) if length is None else min(len(data), offset + length)
+        return (data[i : min(i + READ_CHUNK, end)] for i in range(offset, end, READ_CHUNK))
+
+    def delete(self, digest: Digest) -> None:
+        self._blobs.pop(digest, None)
+
+    def digests(self) -> Iterator[Digest]:
+        return iter(sorted(self._blobs, key=str))
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        self._blobs.setdefault(digest, bytes(data))
+
+    def create_upload(self, upload_id: str) -> None:
+        check_upload_id(upload_id)
+        with self._lock:
+            if upload_id in self._uploads:
+                raise FileExistsError(upload_id)
+            self._uploads[upload_id] = bytearray()
+            self._touched[upload_id] = time.time()
+
+    def upload_size(self, upload_id: str) -> int:
+        try:
+            return len(self._uploads[check_upload_id(upload_id)])
+        except KeyError:
+            raise UploadMissing(upload_id) from None
+
+    def open_upload(self, upload_id: str, offset: int) -> MemoryBlobWriter:
+        if check_upload_id(upload_id) not in self._uploads:
+            raise UploadMissing(upload_id)
+        return MemoryBlobWriter(self, upload_id, offset)
+
+    def read_upload(self, upload_id: str) -> Iterator[bytes]:
+        try:
+            data = bytes(self._uploads[check_upload_id(upload_id)])
+        except KeyError:
+            raise UploadMissing(upload_id) from None
+        return (data[i : i + READ_CHUNK] for i in range(0, len(data), READ_CHUNK))
+
+    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+        with self._lock:
+            try:
+                data = self._uploads.pop(check_upload_id(upload_id))
+            except KeyError:
+                raise UploadMissing(upload_id) from None
+            self._touched.pop(upload_id, None)
+            self._blobs.setdefault(digest, bytes(data))
+
+    def cancel_upload(self, upload_id: str) -> None:
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+            self._touched.pop(upload_id, None)
+
+    def uploads(self) -> Iterator[tuple[str, float]]:
+        with self._lock:
+            return iter(list(self._touched.items()))
