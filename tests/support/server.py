@@ -78,7 +78,6 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     env.update(extra_env or {})
     log_path = data_dir.parent / f"server-{port}.log"
-    log = log_path.open("ab")
     cmd = [
         sys.executable,
         "-m",
@@ -92,7 +91,8 @@ def start_server(
         str(data_dir),
         *(extra_args or []),
     ]
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = ServerProcess(host, port, data_dir, process, log_path, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
