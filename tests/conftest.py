@@ -3,7 +3,6 @@ in-process and as a real `shipyard serve` process."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
