@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,8 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         loaded = FileSettings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
     return Settings.model_construct(**loaded.model_dump())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from shipyard.api.errors import error_body
+from shipyard.api.errors import NO_SUCH_ENDPOINT
 from shipyard.api.http import JSON, respond
 from shipyard.api.oci.context import Context
 from shipyard.api.oci.router import OciApi
@@ -33,7 +33,7 @@ class ShipyardASGI:
             if scope["path"].startswith("/v2"):
                 await self.oci(scope, receive, send)
             else:
-                await respond(send, 404, {"content-type": JSON}, error_body("NOT_FOUND", "no such endpoint"))
+                await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from shipyard.domain.errors import ManifestTooLarge, RangeInvalid, RegistryError
+from shipyard.domain.errors import ManifestTooLarge, PaginationInvalid, RangeInvalid, RegistryError
 
 STATUS_BY_CODE: dict[str, int] = {
     "BLOB_UNKNOWN": 404,
@@ -21,7 +21,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "DENIED": 403,
     "UNSUPPORTED": 405,
     "TOOMANYREQUESTS": 429,
-    "PAGINATION_NUMBER_INVALID": 400,
     "UNKNOWN": 500,
 }
 
@@ -29,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
 STATUS_BY_ERROR: dict[type[RegistryError], int] = {
     RangeInvalid: 416,
     ManifestTooLarge: 413,
+    PaginationInvalid: 400,
 }
 
 
@@ -44,6 +44,10 @@ def error_body(code: str, message: str, detail: object = None) -> bytes:
     if detail is not None:
         entry["detail"] = detail
     return json.dumps({"errors": [entry]}).encode()
+
+
+# The spec's table has no code for a path that names no endpoint; UNSUPPORTED is the nearest.
+NO_SUCH_ENDPOINT = error_body("UNSUPPORTED", "no such endpoint")
 
 
 def body_for(error: RegistryError) -> bytes:

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -130,3 +131,73 @@ class UploadSession(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ, index=True)
+
+
+class Account(Base):
+    """A customer: owns the namespace `<name>/...` of repositories."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(_bytewise(64), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class Principal(Base):
+    """Who can log in: a user (password), an access key (key id + secret) or a robot account.
+
+    `login` is what goes into Basic credentials: the user name, the key id, or `<account>+<robot>`.
+    Bumping `token_generation` invalidates every login password issued before.
+    """
+
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    login: Mapped[str] = mapped_column(String(255), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # the user who created an access key (access keys act with their owner's role)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    last_used_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class RepositorySettings(Base):
+    """Visibility of a repository; a repository without a row is private."""
+
+    __tablename__ = "repository_settings"
+
+    repository: Mapped[str] = mapped_column(_bytewise(255), primary_key=True)
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class RepositoryPolicy(Base):
+    """A grant of pull or push on a repository to another account (cross-account sharing)."""
+
+    __tablename__ = "repository_policies"
+
+    repository: Mapped[str] = mapped_column(_bytewise(255), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    actions: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class AuditEvent(Base):
+    """Denied requests and failed logins: who, what, from where, why."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TZ, index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    principal: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str | None] = mapped_column(String(255))
+    action: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)

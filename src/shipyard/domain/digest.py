@@ -9,10 +9,10 @@ from typing import Protocol
 
 from shipyard.domain.errors import DigestInvalid
 
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 _ENCODED = {
-    "sha256": re.compile(r"^[a-f0-9]{64}$"),
-    "sha512": re.compile(r"^[a-f0-9]{128}$"),
+    "sha256": re.compile(r"^[a-f0-9]{64}\Z"),
+    "sha512": re.compile(r"^[a-f0-9]{128}\Z"),
 }
 SUPPORTED_ALGORITHMS = tuple(_ENCODED)
 

@@ -102,5 +102,7 @@ class TooManyRequests(RegistryError):
 
 
 class PaginationInvalid(RegistryError):
-    code = "PAGINATION_NUMBER_INVALID"
+    # Not in the spec's table (Distribution says PAGINATION_NUMBER_INVALID); clients may only rely on
+    # the table's codes, so this answers UNSUPPORTED, with a 400.
+    code = "UNSUPPORTED"
     message = "invalid number of results requested"

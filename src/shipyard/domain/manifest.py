@@ -14,7 +14,7 @@ from shipyard.domain.digest import Digest, new_hasher
 from shipyard.domain.errors import ManifestInvalid, ManifestTooLarge
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,8 @@ def parse_manifest(body: bytes, content_type: str | None, digest: Digest | None 
         digest = Digest.of(body)
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the decoder goes is no manifest either
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")

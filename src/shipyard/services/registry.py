@@ -313,14 +313,25 @@ class RegistryService:
 
     def list_tags(self, repository: str, n: int | None, last: str | None) -> Page:
         validate_name(repository)
-        page = self.metadata.list_tags(repository, DEFAULT_PAGE_SIZE if n is None else n, last)
+        page = self.metadata.list_tags(repository, DEFAULT_PAGE_SIZE if n is None else n, _comparable(last))
         if page is None:
             raise NameUnknown(f"repository unknown: {repository}")
         return page
 
     def catalog(self, n: int | None, last: str | None) -> Page:
-        return self.metadata.catalog(DEFAULT_PAGE_SIZE if n is None else n, last)
+        return self.metadata.catalog(DEFAULT_PAGE_SIZE if n is None else n, _comparable(last))
 
     def referrers(self, repository: str, digest: str, artifact_type: str | None) -> list[Referrer]:
         validate_name(repository)
-        return self.metadata.referrers(repository, str(Digest.parse(digest)), artifact_type)
+        parsed = Digest.parse(digest)
+        if artifact_type is not None and "\x00" in artifact_type:
+            return []  # no stored media type holds a NUL (and PostgreSQL cannot compare one)
+        return self.metadata.referrers(repository, str(parsed), artifact_type)
+
+
+def _comparable(last: str | None) -> str | None:
+    """`last` as PostgreSQL can compare it. Names and tags never hold a NUL, and in byte order a name
+    sorts after `p + NUL + rest` exactly when it sorts after `p`, so cutting at the NUL changes nothing."""
+    if last is None or "\x00" not in last:
+        return last
+    return last.split("\x00", 1)[0]

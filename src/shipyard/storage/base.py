@@ -13,7 +13,7 @@ from typing import Protocol
 
 from shipyard.domain.digest import Digest
 
-UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+UPLOAD_ID = re.compile(r"^[a-f0-9]{32}\Z")
 
 
 class UploadMissing(Exception):
@@ -51,7 +51,8 @@ class BlobStore(Protocol):
         ...
 
     def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """Yield the blob's bytes from `offset`, `length` bytes (to the end when None)."""
+        """Yield the blob's bytes from `offset`, `length` bytes (to the end when None); KeyError when the
+        blob is not stored. Past the end there is nothing to yield."""
         ...
 
     def delete(self, digest: Digest) -> None: ...
@@ -65,7 +66,10 @@ class BlobStore(Protocol):
         ...
 
     # uploads
-    def create_upload(self, upload_id: str) -> None: ...
+    def create_upload(self, upload_id: str) -> None:
+        """Stage an empty upload; FileExistsError if the id is taken. Every method taking an upload id
+        raises InvalidUploadId for a malformed one before touching storage."""
+        ...
 
     def upload_size(self, upload_id: str) -> int: ...
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from shipyard.domain.digest import SUPPORTED_ALGORITHMS, Digest
-from shipyard.storage.base import UploadMissing, check_upload_id
+from shipyard.storage.base import UPLOAD_ID, UploadMissing, check_upload_id
 
 READ_CHUNK = 1024 * 1024
 
@@ -23,6 +24,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, fsyncing the parent of each directory it creates: a new directory entry is not durable
+    until its parent is synced, and a blob inside a directory that vanishes in a crash is lost."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+        _fsync_dir(directory.parent)
 
 
 class FileBlobWriter:
@@ -123,13 +137,19 @@ class FilesystemBlobStore:
         target = self._blob_path(digest)
         if target.exists():
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.parent / f".{digest.encoded}.{os.getpid()}.tmp"
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
+        _make_dirs(target.parent)
+        # a unique temporary name: two threads storing the same content must not write one file
+        fd, temp = tempfile.mkstemp(prefix=f".{digest.encoded}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
         _fsync_dir(target.parent)
 
     def create_upload(self, upload_id: str) -> None:
@@ -168,7 +188,7 @@ class FilesystemBlobStore:
         if target.exists():
             source.unlink()
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(target.parent)
         os.replace(source, target)
         _fsync_dir(target.parent)
 
@@ -178,6 +198,8 @@ class FilesystemBlobStore:
 
     def uploads(self) -> Iterator[tuple[str, float]]:
         for path in self._uploads.iterdir():
+            if not UPLOAD_ID.match(path.name):
+                continue  # not ours (an editor's or NFS's stray file): callers would choke on the name
             try:
                 yield path.name, path.stat().st_mtime
             except FileNotFoundError:

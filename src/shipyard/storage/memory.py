@@ -85,8 +85,13 @@ class MemoryBlobStore:
             raise UploadMissing(upload_id) from None
 
     def open_upload(self, upload_id: str, offset: int) -> MemoryBlobWriter:
-        if check_upload_id(upload_id) not in self._uploads:
-            raise UploadMissing(upload_id)
+        with self._lock:
+            try:
+                staged = self._uploads[check_upload_id(upload_id)]
+            except KeyError:
+                raise UploadMissing(upload_id) from None
+            # like the filesystem driver: bytes past `offset` are gone even if the writer aborts
+            del staged[offset:]
         return MemoryBlobWriter(self, upload_id, offset)
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
@@ -106,6 +111,7 @@ class MemoryBlobStore:
             self._blobs.setdefault(digest, bytes(data))
 
     def cancel_upload(self, upload_id: str) -> None:
+        check_upload_id(upload_id)
         with self._lock:
             self._uploads.pop(upload_id, None)
             self._touched.pop(upload_id, None)

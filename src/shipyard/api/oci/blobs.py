@@ -30,13 +30,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         suffix = int(last_text)
         if suffix == 0:
             raise Unsatisfiable
+        if size == 0:
+            # satisfiable, but no Content-Range can describe it: serve the (empty) whole
+            return None
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
-        return None
+    if last_text and int(last_text) < first:
+        return None  # an invalid range-spec: ignore the header
     if first >= size:
         raise Unsatisfiable
+    last = int(last_text) if last_text else size - 1
     return first, min(last, size - 1)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
-from shipyard.api.errors import body_for, error_body, status_for
+from shipyard.api.errors import NO_SUCH_ENDPOINT, body_for, error_body, status_for
 from shipyard.api.http import JSON, ClientDisconnected, Request, respond, respond_json
 from shipyard.api.oci import blobs, listing, manifests, uploads
 from shipyard.api.oci.context import Context
@@ -48,6 +48,10 @@ class OciApi:
             await self._dispatch(request, send)
         except ClientDisconnected:
             log.info("client went away during %s %s", request.method, request.path)
+            # the body ended before its declared end; a client that still listens (it may only have
+            # half-closed) is told so, instead of the server's stand-in 500 for an unanswered request
+            body = error_body("SIZE_INVALID", "the request body ended before its declared length")
+            await self._error(request, send, 400, body)
         except RegistryError as error:
             await self._error(request, send, status_for(error), body_for(error))
         except Exception:
@@ -80,7 +84,7 @@ class OciApi:
             return
         match = _ROUTE.match(path)
         if match is None:
-            await respond(send, 404, {"content-type": JSON}, error_body("NOT_FOUND", "no such endpoint"))
+            await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
             return
         name = validate_name(match["name"])
         action = _ACTIONS.get(method)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 
-from shipyard.api.http import Request, respond
+from shipyard.api.errors import body_for, status_for
+from shipyard.api.http import JSON, Request, respond
 from shipyard.api.oci.context import Context
 from shipyard.api.types import Send
 from shipyard.domain.digest import Digest
@@ -125,8 +126,19 @@ def _discard(ctx: Context, name: str, upload_id: str) -> None:
 
 
 async def patch_upload(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
-    state = await _append(ctx, request, name, upload_id)
+    try:
+        state = await _append(ctx, request, name, upload_id)
+    except RangeInvalid as error:
+        await _refuse_range(ctx, send, name, upload_id, error)
+        return
     await respond(send, 202, _upload_headers(name, state))
+
+
+async def _refuse_range(ctx: Context, send: Send, name: str, upload_id: str, error: RangeInvalid) -> None:
+    """A 416 says where the upload stands (Range, Location), so that the client can resume from there."""
+    state = await ctx.run(ctx.registry.upload_status, name, upload_id)
+    headers = {"content-type": JSON, **_upload_headers(name, state)}
+    await respond(send, status_for(error), headers, body_for(error))
 
 
 async def finish_upload(ctx: Context, request: Request, send: Send, name: str, upload_id: str) -> None:
@@ -135,7 +147,11 @@ async def finish_upload(ctx: Context, request: Request, send: Send, name: str, u
         raise DigestInvalid("the digest query parameter is required to finish an upload")
     parsed = Digest.parse(digest)
     if _has_body(request):
-        await _append(ctx, request, name, upload_id)
+        try:
+            await _append(ctx, request, name, upload_id)
+        except RangeInvalid as error:
+            await _refuse_range(ctx, send, name, upload_id, error)
+            return
     elif request.headers.get("content-range"):
         raise BlobUploadInvalid("Content-Range without a body")
     info = await ctx.run(ctx.registry.complete_upload, name, upload_id, str(parsed))

@@ -1,0 +1,330 @@
+"""Who is calling and what they may do: logins, registry tokens, login passwords, and the access
+policy that every /v2 request passes through."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from shipyard.auth import tokens
+from shipyard.auth.credentials import DUMMY_HASH, hash_secret, new_secret, verify_secret
+from shipyard.auth.keys import KeyRing
+from shipyard.auth.scopes import Scope, ScopeInvalid, grants, merge, parse_scopes
+from shipyard.auth.tokens import TokenRejected
+from shipyard.db.accounts import AccountStore
+from shipyard.domain.accounts import PrincipalRecord, actions_for
+from shipyard.domain.errors import Denied, NameInvalid, TooManyRequests, Unauthorized
+from shipyard.domain.names import validate_name
+from shipyard.services.access import Action, Identity
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("shipyard.audit")
+
+ADMIN_ACCOUNT = "admin"
+ADMIN_USER = "admin"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    issuer: str = "shipyard"
+    service: str = "shipyard"
+    token_lifetime: int = 300
+    refresh_lifetime: int = 7 * 24 * 3600
+    login_password_lifetime: int = 12 * 3600
+    # the fixed user name that goes with a login password, as ECR's "AWS"
+    login_password_user: str = "shipyard"
+    max_failures: int = 10
+    failure_window: float = 300.0
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+    issued_at: str
+    access: tuple[Scope, ...]
+    refresh_token: str | None = None
+
+
+class LoginLimiter:
+    """Failed logins per (login, source) in a sliding window; past the limit, 429 until it slides."""
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, login: str, source: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get((login, source), []) if now - t < self.window]
+            if recent:
+                self._failures[(login, source)] = recent
+            else:
+                self._failures.pop((login, source), None)
+            if len(recent) >= self.max_failures:
+                raise TooManyRequests("too many failed logins; try again later")
+
+    def fail(self, login: str, source: str) -> None:
+        with self._lock:
+            self._failures.setdefault((login, source), []).append(time.monotonic())
+            if len(self._failures) > 100_000:  # bound memory under a spray of logins
+                self._failures.clear()
+
+    def succeed(self, login: str, source: str) -> None:
+        with self._lock:
+            self._failures.pop((login, source), None)
+
+
+@dataclass(frozen=True)
+class TokenIdentity(Identity):
+    access: tuple[Scope, ...] = field(default=())
+
+
+class IdentityService:
+    def __init__(self, accounts: AccountStore, keys: KeyRing, config: AuthConfig | None = None) -> None:
+        self.accounts = accounts
+        self.keys = keys
+        self.config = config or AuthConfig()
+        self.limiter = LoginLimiter(self.config.max_failures, self.config.failure_window)
+        self._verified: OrderedDict[str, tokens.Claims] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit(
+        self, event: str, *, principal: str | None, source: str | None, action: str | None, reason: str
+    ) -> None:
+        audit_log.warning(
+            "%s principal=%s source=%s action=%s reason=%s",
+            event,
+            principal or "-",
+            source or "-",
+            action or "-",
+            reason,
+        )
+        try:
+            self.accounts.audit(event, principal=principal, source=source, action=action, reason=reason)
+        except Exception:
+            log.exception("could not write the audit event")
+
+    # -- bootstrap -----------------------------------------------------------------------------
+
+    def bootstrap(self, admin_password: str | None) -> str | None:
+        """On the first start, create the account `admin` with the admin user `admin`. Returns the
+        generated password when none was given (to be shown once), else None."""
+        if self.accounts.get_account(ADMIN_ACCOUNT) is not None:
+            return None
+        password = admin_password or new_secret(18)
+        self.accounts.create_account(ADMIN_ACCOUNT)
+        self.accounts.create_principal(
+            ADMIN_ACCOUNT, kind="user", login=ADMIN_USER, role="admin", secret_hash=hash_secret(password)
+        )
+        return None if admin_password else password
+
+    # -- logins --------------------------------------------------------------------------------
+
+    def login(self, login: str, secret: str, source: str) -> PrincipalRecord:
+        """Check Basic credentials: a user password, an access key, a robot secret or a login password."""
+        self.limiter.check(login, source)
+        principal, reason = self._check_credentials(login, secret)
+        if principal is None:
+            self.limiter.fail(login, source)
+            self.audit("login-failed", principal=login, source=source, action="login", reason=reason)
+            raise Unauthorized("invalid credentials")
+        self.limiter.succeed(login, source)
+        return principal
+
+    def _check_credentials(self, login: str, secret: str) -> tuple[PrincipalRecord | None, str]:
+        if login == self.config.login_password_user:
+            return self._check_login_password(secret)
+        found = self.accounts.get_principal(login)
+        if found is None:
+            verify_secret(DUMMY_HASH, secret)  # same cost as a real check: timing tells nothing
+            return None, "unknown principal"
+        principal, secret_hash = found
+        if not verify_secret(secret_hash, secret):
+            return None, "bad secret"
+        if not principal.active:
+            return None, "principal or account disabled"
+        return principal, ""
+
+    def _check_login_password(self, secret: str) -> tuple[PrincipalRecord | None, str]:
+        try:
+            claims = tokens.verify(
+                self.keys, secret, issuer=self.config.issuer, audience=f"{self.config.service}/login"
+            )
+        except TokenRejected as exc:
+            return None, f"login password rejected: {exc.reason}"
+        return self._principal_from_claims(claims)
+
+    def _principal_from_claims(self, claims: tokens.Claims) -> tuple[PrincipalRecord | None, str]:
+        principal_id = claims.extra.get("pid")
+        if not isinstance(principal_id, int):
+            return None, "token names no principal"
+        principal = self.accounts.get_principal_by_id(principal_id)
+        if principal is None:
+            return None, "principal no longer exists"
+        if not principal.active:
+            return None, "principal or account disabled"
+        if claims.extra.get("gen") != principal.token_generation:
+            return None, "token generation was bumped"
+        return principal, ""
+
+    def issue_login_password(self, principal: PrincipalRecord) -> tuple[str, int]:
+        """A 12-hour password for `docker login -u <login_password_user>`; verified by signature."""
+        password, claims = tokens.issue(
+            self.keys,
+            issuer=self.config.issuer,
+            subject=principal.login,
+            audience=f"{self.config.service}/login",
+            lifetime=self.config.login_password_lifetime,
+            extra={"pid": principal.id, "acct": principal.account, "gen": principal.token_generation},
+        )
+        return password, claims.expires_at
+
+    def refresh(self, refresh_token: str, source: str) -> PrincipalRecord:
+        try:
+            claims = tokens.verify(
+                self.keys, refresh_token, issuer=self.config.issuer, audience=f"{self.config.service}/refresh"
+            )
+        except TokenRejected as exc:
+            self.audit("refresh-failed", principal=None, source=source, action="refresh", reason=exc.reason)
+            raise Unauthorized("invalid refresh token") from None
+        principal, reason = self._principal_from_claims(claims)
+        if principal is None:
+            self.audit(
+                "refresh-failed", principal=claims.subject, source=source, action="refresh", reason=reason
+            )
+            raise Unauthorized("invalid refresh token")
+        return principal
+
+    # -- registry tokens -----------------------------------------------------------------------
+
+    def grant(self, principal: PrincipalRecord | None, requested: Iterable[Scope]) -> list[Scope]:
+        """The intersection of the requested scopes and the principal's rights."""
+        granted: list[Scope] = []
+        for scope in merge(requested):
+            if scope.type == "repository":
+                try:
+                    validate_name(scope.name)
+                except NameInvalid:
+                    continue
+                rights = actions_for(principal, self.accounts.repository_access(scope.name))
+                wanted = rights if "*" in scope.actions else scope.actions & rights
+                if wanted:
+                    granted.append(Scope("repository", scope.name, frozenset(wanted)))
+            elif scope.type == "registry" and scope.name == "catalog" and "*" in scope.actions:
+                # everyone may ask; the listing shows only what the caller may see
+                granted.append(scope)
+        return granted
+
+    def issue_token(
+        self, principal: PrincipalRecord | None, requested: Iterable[Scope], *, with_refresh: bool = False
+    ) -> IssuedToken:
+        access = self.grant(principal, requested)
+        extra: dict[str, object] = {}
+        if principal is not None:
+            extra = {"pid": principal.id, "acct": principal.account}
+        token, claims = tokens.issue(
+            self.keys,
+            issuer=self.config.issuer,
+            subject=principal.login if principal else "",
+            audience=self.config.service,
+            lifetime=self.config.token_lifetime,
+            access=access,
+            extra=extra,
+        )
+        refresh = None
+        if with_refresh and principal is not None:
+            refresh, _ = tokens.issue(
+                self.keys,
+                issuer=self.config.issuer,
+                subject=principal.login,
+                audience=f"{self.config.service}/refresh",
+                lifetime=self.config.refresh_lifetime,
+                extra={"pid": principal.id, "gen": principal.token_generation},
+            )
+        issued_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.issued_at))
+        return IssuedToken(token, self.config.token_lifetime, issued_at, tuple(access), refresh)
+
+    def verify_token(self, token: str) -> tokens.Claims:
+        """Verify a registry token; verified tokens are cached for the rest of their lifetime."""
+        now = time.time()
+        with self._verified_lock:
+            cached = self._verified.get(token)
+        if cached is not None and now <= cached.expires_at + tokens.LEEWAY_SECONDS:
+            return cached
+        claims = tokens.verify(self.keys, token, issuer=self.config.issuer, audience=self.config.service)
+        with self._verified_lock:
+            self._verified[token] = claims
+            while len(self._verified) > 10_000:
+                self._verified.popitem(last=False)
+        return claims
+
+
+class TokenAccess:
+    """The AccessPolicy of a registry with authentication: Bearer tokens from /token."""
+
+    def __init__(self, identity: IdentityService) -> None:
+        self.identity = identity
+
+    def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
+        if not authorization:
+            return TokenIdentity("", anonymous=True)
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return TokenIdentity("", anonymous=True)
+        try:
+            claims = self.identity.verify_token(credentials.strip())
+        except TokenRejected as exc:
+            self.identity.audit(
+                "token-rejected", principal=None, source=source, action=None, reason=exc.reason
+            )
+            raise Unauthorized("invalid token", extra={"reason": "invalid_token"}) from None
+        return TokenIdentity(claims.subject, anonymous=not claims.subject, access=claims.access)
+
+    def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
+        if self.allowed_scope(identity, repository, action):
+            return
+        scope = (
+            "registry:catalog:*" if repository is None else f"repository:{repository}:{_challenge(action)}"
+        )
+        if isinstance(identity, TokenIdentity) and identity.access:
+            self.identity.audit(
+                "access-denied",
+                principal=identity.subject or "anonymous",
+                source=None,
+                action=f"{action} {repository or 'catalog'}",
+                reason="token does not grant this action",
+            )
+            raise Unauthorized("insufficient scope", extra={"scope": scope, "error": "insufficient_scope"})
+        raise Unauthorized("authentication required", extra={"scope": scope})
+
+    def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
+        return self.allowed_scope(identity, repository, action)
+
+    @staticmethod
+    def allowed_scope(identity: Identity, repository: str | None, action: Action) -> bool:
+        if not isinstance(identity, TokenIdentity):
+            return False
+        if repository is None:
+            return grants(identity.access, "registry", "catalog", "*")
+        return grants(identity.access, "repository", repository, action)
+
+
+def _challenge(action: Action) -> str:
+    # clients ask for pull with push; the challenge names what the request needs
+    return "pull,push" if action == "push" else action
+
+
+def parse_scope_params(values: Iterable[str]) -> list[Scope]:
+    try:
+        return parse_scopes(values)
+    except ScopeInvalid as exc:
+        raise Denied(str(exc)) from None
