@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         payload = execute(options)
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\nbench: interrupted ({exc or 'Ctrl-C'}); every server was stopped", file=sys.stderr)
+        print(f"\nbench: interrupted ({str(exc) or 'Ctrl-C'}); every server was stopped", file=sys.stderr)
         return 130
     paths = save(payload, options)
     print(payload["table"])

@@ -301,10 +301,10 @@ def main_rows(sizes: Sizes) -> list[Row]:
         Row("catalog middle page (last=)", "catalog_middle.p50_ms"),
         Row(f"catalog n={min(sizes.repositories, 10_000):,}", "catalog_all.p50_ms"),
         Row("set-up: manifest PUT with a new tag (8 threads)", "setup.tag_put.rps"),
-        Row("set-up: new repository (2 mounts + manifest PUT)", "setup.repository_create.rps"),
         Row("peak RSS, whole server", "resources.peak_rss_mib"),
         Row("peak RSS, largest process", "resources.peak_process_rss_mib"),
-        Row("CPU-seconds, whole run", "resources.cpu_s"),
+        Row("peak RSS, shipyard-pg's PostgreSQL", "resources.postgres_peak_rss_mib"),
+        Row("CPU-seconds, whole run (pg: with PostgreSQL)", "resources.cpu_s"),
     ]
     return rows
 

@@ -25,7 +25,7 @@ from typing import Any
 from tests.support.postgres import PostgresServer
 
 from bench import report, tools
-from bench.client import Registry, make_image
+from bench.client import Registry, RegistryError, make_image
 from bench.config import SERVER_NAMES, SHIPYARDS, MiB, Sizes
 from bench.growth import GROWTH_REPO, PROBE_TAG, SqlFiller, growth_tag
 from bench.procs import ResourceSampler, tree_usage
@@ -137,7 +137,14 @@ def run_rounds(run: Run, bench: Bench) -> None:
             shift = round_no % len(order)
             for name in order[shift:] + order[:shift]:
                 server = bench.servers.get(name)
-                metrics = measure(run, bench, item, server, round_no)
+                try:
+                    metrics = measure(run, bench, item, server, round_no)
+                except (tools.ToolError, RegistryError, RuntimeError, OSError) as exc:
+                    # one failed measurement costs its sample, not the whole run; the table says so
+                    problem = f"round {round_no + 1}, {item.name} on {name} failed: {exc}"
+                    bench.notes.append(problem[:500])
+                    log(f"{run.elapsed()}   {problem}")
+                    continue
                 log(f"{run.elapsed()}   {item.name:28s} {name:13s} {_summary(metrics)}")
 
 
@@ -197,6 +204,11 @@ def run_growth(
             f"&last={growth_tag(level - sizes.page - 1)}",
         }
         paths = {what: path for what, path in every_path.items() if what in sizes.growth_probes}
+        expected = [growth_tag(i) for i in range(level // 2 + 1, level // 2 + 1 + sizes.page)]
+        for name, client in clients.items():
+            page = client.get_json(every_path["tags_middle"]).get("tags")
+            if page != expected:
+                raise RuntimeError(f"growth: {name} returned a wrong middle page: {page!r:.200}")
         for name in servers:  # warm up: the first requests after a big fill read cold pages
             for path in paths.values():
                 clients[name].request(
@@ -248,7 +260,13 @@ def execute(options: Options) -> dict[str, Any]:
         work.chmod(0o755)  # PostgreSQL runs as its own user; nginx as root
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         # runs before the rmtree and after every server stopped: keep their logs if the run failed
-        stack.push(lambda exc_type, _exc, _tb: _keep_logs(work, options.results_dir) if exc_type else None)
+        stack.push(
+            lambda exc_type, _exc, _tb: (
+                _keep_logs(work, options.results_dir)
+                if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+                else None
+            )
+        )
         log(f"{run.elapsed()} {sizes.mode} run in {work}; servers: {', '.join(options.servers)}")
         servers: dict[str, Server] = {}
         lock = threading.Lock()

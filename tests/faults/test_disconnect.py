@@ -176,12 +176,6 @@ def test_cut_before_any_body_byte(running_registry: FaultRegistry, close: str) -
 # one SQLite server of their own: the store they leave behind, when the registry is wrong, is corrupt, and
 # the behaviour under test is the filesystem store's, whatever the database.
 
-CONCURRENT_WRITERS_BUG = (
-    "BUG: nothing keeps two requests from writing one upload; FileBlobWriter.abort() ftruncates a file "
-    "another request has since advanced or committed, and overlapping writes land in a blob whose digest "
-    "the registry took from the other request's hasher"
-)
-
 
 @pytest.fixture(scope="module")
 def solo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRegistry]:
@@ -195,7 +189,6 @@ def solo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultReg
         registry.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=CONCURRENT_WRITERS_BUG)
 @pytest.mark.parametrize(
     ("acknowledged", "complete_before_close"),
     [(0, True), (FIRST_CHUNK, False)],
@@ -252,7 +245,6 @@ def test_abandoned_request_leaves_the_retry_alone(
     assert check_store(registry.data_dir, registry.database_url) == []
 
 
-@pytest.mark.xfail(strict=True, reason=CONCURRENT_WRITERS_BUG)
 def test_overlapping_chunk_cannot_corrupt_a_blob(solo_registry: FaultRegistry) -> None:
     """Two requests send different bytes for the same range of one upload. Whichever the registry
     acknowledges is what the upload holds, and a blob is only ever stored under the digest of its content."""

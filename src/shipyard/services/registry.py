@@ -26,7 +26,7 @@ from shipyard.domain.manifest import parse_manifest
 from shipyard.domain.names import validate_name, validate_tag
 from shipyard.domain.records import BlobInfo, Page, PutManifestResult, Referrer, StoredManifest, UploadState
 from shipyard.services.pulls import PullRecorder
-from shipyard.storage.base import UPLOAD_ID, BlobStore, BlobWriter, UploadMissing
+from shipyard.storage.base import UPLOAD_ID, BlobStore, BlobWriter, UploadBusy, UploadMissing
 
 log = logging.getLogger(__name__)
 
@@ -182,19 +182,38 @@ class RegistryService:
             writer = self.blobs.open_upload(upload_id, state.size)
         except UploadMissing:
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        except UploadBusy:
+            raise RangeInvalid("another request is writing to this upload") from None
+        # another request may have moved the upload between our read and taking the writer
+        current = self.metadata.get_upload(upload_id)
+        if current is None or current.size != state.size:
+            writer.abort()
+            raise RangeInvalid("the upload moved on while this request started")
         return UploadAppender(self, state, writer, self._take_hasher(upload_id, state.size), length)
 
     def complete_upload(self, repository: str, upload_id: str, digest: str) -> BlobInfo:
         state = self.upload_status(repository, upload_id)
         parsed = Digest.parse(digest)
-        actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
+        # hold the upload while hashing it: a request still writing to it means it is not finished
+        try:
+            guard = self.blobs.open_upload(upload_id, state.size)
+        except UploadMissing:
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        except UploadBusy:
+            raise RangeInvalid("another request is writing to this upload") from None
+        try:
+            actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
+        finally:
+            guard.abort()  # it wrote nothing: this only lets go
         if actual != parsed:
             self._drop_upload(upload_id)
             raise DigestInvalid(f"content hashes to {actual}, not {parsed}")
         try:
-            self.blobs.commit_upload(upload_id, parsed)
+            self.blobs.commit_upload(upload_id, parsed, state.size)
         except UploadMissing:
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        except UploadBusy:
+            raise RangeInvalid("another request is writing to this upload") from None
         self.metadata.link_blob(repository, str(parsed), state.size)
         self.metadata.delete_upload(upload_id)
         return BlobInfo(str(parsed), state.size)

@@ -20,6 +20,10 @@ class UploadMissing(Exception):
     """The staging data of an upload does not exist."""
 
 
+class UploadBusy(Exception):
+    """Another writer holds the upload: one writer at a time, so that no two requests interleave bytes."""
+
+
 class InvalidUploadId(ValueError):
     pass
 
@@ -74,13 +78,16 @@ class BlobStore(Protocol):
     def upload_size(self, upload_id: str) -> int: ...
 
     def open_upload(self, upload_id: str, offset: int) -> BlobWriter:
-        """A writer that appends at `offset`, discarding any staged bytes past it."""
+        """A writer that appends at `offset`, discarding any staged bytes past it. It holds the upload
+        exclusively until commit or abort; raises UploadBusy while another writer holds it."""
         ...
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]: ...
 
-    def commit_upload(self, upload_id: str, digest: Digest) -> None:
-        """Make the staged bytes durable and visible under `digest`, atomically; removes the upload."""
+    def commit_upload(self, upload_id: str, digest: Digest, expected_size: int | None = None) -> None:
+        """Make the staged bytes durable and visible under `digest`, atomically; removes the upload.
+        Raises UploadBusy while a writer holds the upload, or when it no longer holds `expected_size`
+        bytes (the caller hashed a state that has moved on)."""
         ...
 
     def cancel_upload(self, upload_id: str) -> None: ...

@@ -7,13 +7,14 @@ any moment leaves either no blob or a complete one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from shipyard.domain.digest import SUPPORTED_ALGORITHMS, Digest
-from shipyard.storage.base import UPLOAD_ID, UploadMissing, check_upload_id
+from shipyard.storage.base import UPLOAD_ID, UploadBusy, UploadMissing, check_upload_id
 
 READ_CHUNK = 1024 * 1024
 
@@ -40,19 +41,34 @@ def _make_dirs(path: Path) -> None:
 
 
 class FileBlobWriter:
+    """Holds the staged file locked (flock) from open to commit or abort. Staged bytes past `offset`
+    are dropped at the first write, so a writer opened on a stale offset can be aborted harmlessly."""
+
     def __init__(self, path: Path, offset: int) -> None:
         self._path = path
         self._start = offset
         self._fd = os.open(path, os.O_WRONLY)
-        os.ftruncate(self._fd, offset)
-        os.lseek(self._fd, offset, os.SEEK_SET)
+        try:
+            # the lock lives as long as the descriptor; the kernel drops it if the process dies
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise UploadBusy(path.name) from None
         self._offset = offset
+        self._touched = False
 
     @property
     def offset(self) -> int:
         return self._offset
 
+    def _touch(self) -> None:
+        if not self._touched:
+            os.ftruncate(self._fd, self._start)
+            os.lseek(self._fd, self._start, os.SEEK_SET)
+            self._touched = True
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._touch()
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -60,14 +76,16 @@ class FileBlobWriter:
             self._offset += written
 
     def commit(self) -> int:
+        self._touch()
         os.close(self._fd)
         self._fd = -1
         return self._offset
 
     def abort(self) -> None:
         if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._start)
+            if self._touched:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._start)
             os.close(self._fd)
             self._fd = -1
         self._offset = self._start
@@ -174,7 +192,7 @@ class FilesystemBlobStore:
             raise UploadMissing(upload_id) from None
         return self._read_fd(fd, 0, None)
 
-    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+    def commit_upload(self, upload_id: str, digest: Digest, expected_size: int | None = None) -> None:
         source = self._upload_path(upload_id)
         target = self._blob_path(digest)
         try:
@@ -182,15 +200,22 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             raise UploadMissing(upload_id) from None
         try:
+            # hold the upload through the rename: no writer may still be appending to what becomes a blob
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy(upload_id) from None
+            if expected_size is not None and os.fstat(fd).st_size != expected_size:
+                raise UploadBusy(f"{upload_id} changed while it was being completed")
             os.fsync(fd)
+            if target.exists():
+                source.unlink()
+                return
+            _make_dirs(target.parent)
+            os.replace(source, target)
+            _fsync_dir(target.parent)
         finally:
             os.close(fd)
-        if target.exists():
-            source.unlink()
-            return
-        _make_dirs(target.parent)
-        os.replace(source, target)
-        _fsync_dir(target.parent)
 
     def cancel_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

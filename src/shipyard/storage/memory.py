@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from shipyard.domain.digest import Digest
-from shipyard.storage.base import UploadMissing, check_upload_id
+from shipyard.storage.base import UploadBusy, UploadMissing, check_upload_id
 
 READ_CHUNK = 1024 * 1024
 
@@ -17,26 +17,48 @@ class MemoryBlobWriter:
         self._store = store
         self._id = upload_id
         self._start = offset
-        self._buffer = bytearray(store._uploads[upload_id][:offset])
         self._offset = offset
+        self._open = True
+        self._touched = False
 
     @property
     def offset(self) -> int:
         return self._offset
 
+    def _touch(self, staged: bytearray) -> None:
+        if not self._touched:
+            del staged[self._start :]
+            self._touched = True
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        with self._store._lock:
+            staged = self._store._uploads.get(self._id)
+            if staged is not None:
+                self._touch(staged)
+                staged += data
         self._offset += len(data)
+
+    def _release(self) -> None:
+        if self._open:
+            self._open = False
+            self._store._writers.discard(self._id)
 
     def commit(self) -> int:
         with self._store._lock:
-            if self._id not in self._store._uploads:
+            self._release()
+            staged = self._store._uploads.get(self._id)
+            if staged is None:
                 raise UploadMissing(self._id)
-            self._store._uploads[self._id] = self._buffer
+            self._touch(staged)
             self._store._touched[self._id] = time.time()
         return self._offset
 
     def abort(self) -> None:
+        with self._store._lock:
+            staged = self._store._uploads.get(self._id)
+            if self._open and self._touched and staged is not None:
+                del staged[self._start :]
+            self._release()
         self._offset = self._start
 
 
@@ -46,6 +68,7 @@ class MemoryBlobStore:
         self._uploads: dict[str, bytearray] = {}
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._writers: set[str] = set()
 
     def stat(self, digest: Digest) -> int | None:
         data = self._blobs.get(digest)
@@ -86,12 +109,11 @@ class MemoryBlobStore:
 
     def open_upload(self, upload_id: str, offset: int) -> MemoryBlobWriter:
         with self._lock:
-            try:
-                staged = self._uploads[check_upload_id(upload_id)]
-            except KeyError:
-                raise UploadMissing(upload_id) from None
-            # like the filesystem driver: bytes past `offset` are gone even if the writer aborts
-            del staged[offset:]
+            if check_upload_id(upload_id) not in self._uploads:
+                raise UploadMissing(upload_id)
+            if upload_id in self._writers:
+                raise UploadBusy(upload_id)
+            self._writers.add(upload_id)
         return MemoryBlobWriter(self, upload_id, offset)
 
     def read_upload(self, upload_id: str) -> Iterator[bytes]:
@@ -101,10 +123,15 @@ class MemoryBlobStore:
             raise UploadMissing(upload_id) from None
         return (data[i : i + READ_CHUNK] for i in range(0, len(data), READ_CHUNK))
 
-    def commit_upload(self, upload_id: str, digest: Digest) -> None:
+    def commit_upload(self, upload_id: str, digest: Digest, expected_size: int | None = None) -> None:
         with self._lock:
+            if check_upload_id(upload_id) in self._writers:
+                raise UploadBusy(upload_id)
+            staged = self._uploads.get(upload_id)
+            if expected_size is not None and staged is not None and len(staged) != expected_size:
+                raise UploadBusy(f"{upload_id} changed while it was being completed")
             try:
-                data = self._uploads.pop(check_upload_id(upload_id))
+                data = self._uploads.pop(upload_id)
             except KeyError:
                 raise UploadMissing(upload_id) from None
             self._touched.pop(upload_id, None)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.domain.digest import Digest
-from shipyard.storage.base import BlobStore, InvalidUploadId, UploadMissing
+from shipyard.storage.base import BlobStore, InvalidUploadId, UploadBusy, UploadMissing
 
 if TYPE_CHECKING:
     import pytest
@@ -322,12 +322,43 @@ class BlobStoreSuite:
         assert writer.commit() == 6
         assert self.store.upload_size(upload_id) == 6
         assert self.read_upload(upload_id) == b"0123xy"
-        # the extra bytes go even when the writer writes nothing and aborts
+        # a writer that aborts before writing changes nothing: it may have been opened on a stale
+        # offset, and must not cut bytes that another request has since counted
         writer = self.store.open_upload(upload_id, 2)
         writer.abort()
-        assert self.store.upload_size(upload_id) == 2
+        assert self.read_upload(upload_id) == b"0123xy"
+        # committing with nothing written still drops the bytes past the offset
+        writer = self.store.open_upload(upload_id, 2)
+        assert writer.commit() == 2
         assert self.read_upload(upload_id) == b"01"
         self.store.cancel_upload(upload_id)
+
+    def test_one_writer_at_a_time(self) -> None:
+        upload_id = self.stage(b"abc")
+        writer = self.store.open_upload(upload_id, 3)
+        try:
+            self.store.open_upload(upload_id, 3)
+        except UploadBusy:
+            pass
+        else:
+            raise AssertionError("a second writer was let in")
+        try:
+            self.store.commit_upload(upload_id, Digest.of(b"abc"))
+        except UploadBusy:
+            pass
+        else:
+            raise AssertionError("an upload was committed under its writer")
+        writer.write(b"d")
+        writer.commit()
+        try:
+            self.store.commit_upload(upload_id, Digest.of(b"abcd"), expected_size=3)
+        except UploadBusy:
+            pass
+        else:
+            raise AssertionError("an upload was committed though its size had moved on")
+        self.store.commit_upload(upload_id, Digest.of(b"abcd"), expected_size=4)
+        assert b"".join(self.store.read(Digest.of(b"abcd"))) == b"abcd"
+        self.store.delete(Digest.of(b"abcd"))
 
     def test_read_upload_of_a_large_upload(self) -> None:
         data = _data(2 * CHUNK + 1, seed=1)
