@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from shipyard.domain.errors import ManifestTooLarge, PaginationInvalid, RangeInvalid, RegistryError
+from shipyard.domain.errors import ManifestTooLarge, RangeInvalid, RegistryError, RequestInvalid
 
 STATUS_BY_CODE: dict[str, int] = {
     "BLOB_UNKNOWN": 404,
@@ -28,7 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
 STATUS_BY_ERROR: dict[type[RegistryError], int] = {
     RangeInvalid: 416,
     ManifestTooLarge: 413,
-    PaginationInvalid: 400,
+    RequestInvalid: 400,
 }
 
 

@@ -79,6 +79,14 @@ class RepositoryAccess:
     grants: dict[str, frozenset[str]]
 
 
+SUPERUSER_ACCOUNT = "admin"
+
+
+def is_superuser(principal: PrincipalRecord) -> bool:
+    """The registry's operators: admins of the `admin` account may act on every repository."""
+    return principal.active and principal.account == SUPERUSER_ACCOUNT and principal.role == "admin"
+
+
 def actions_for(principal: PrincipalRecord | None, access: RepositoryAccess) -> frozenset[str]:
     """The actions `principal` (None: anonymous) may take on the repository."""
     allowed: set[str] = set()
@@ -86,6 +94,8 @@ def actions_for(principal: PrincipalRecord | None, access: RepositoryAccess) -> 
         allowed.add("pull")
     if principal is None or not principal.active:
         return frozenset(allowed)
+    if is_superuser(principal):
+        return ROLE_ACTIONS["admin"]
     if principal.account == account_of(access.repository):
         allowed |= ROLE_ACTIONS[principal.role]
     granted = access.grants.get(principal.account)

@@ -101,8 +101,13 @@ class TooManyRequests(RegistryError):
     message = "too many requests"
 
 
-class PaginationInvalid(RegistryError):
-    # Not in the spec's table (Distribution says PAGINATION_NUMBER_INVALID); clients may only rely on
-    # the table's codes, so this answers UNSUPPORTED, with a 400.
+class RequestInvalid(RegistryError):
+    """A malformed request that no code of the spec's table names; answers UNSUPPORTED with a 400."""
+
     code = "UNSUPPORTED"
+    message = "invalid request"
+
+
+class PaginationInvalid(RequestInvalid):
+    # Distribution says PAGINATION_NUMBER_INVALID; clients may only rely on the table's codes.
     message = "invalid number of results requested"

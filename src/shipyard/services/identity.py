@@ -16,15 +16,15 @@ from shipyard.auth.keys import KeyRing
 from shipyard.auth.scopes import Scope, ScopeInvalid, grants, merge, parse_scopes
 from shipyard.auth.tokens import TokenRejected
 from shipyard.db.accounts import AccountStore
-from shipyard.domain.accounts import PrincipalRecord, actions_for
+from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
 from shipyard.domain.errors import Denied, NameInvalid, TooManyRequests, Unauthorized
 from shipyard.domain.names import validate_name
-from shipyard.services.access import Action, Identity
+from shipyard.services.access import Action, CatalogFilter, Identity
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("shipyard.audit")
 
-ADMIN_ACCOUNT = "admin"
+ADMIN_ACCOUNT = SUPERUSER_ACCOUNT
 ADMIN_USER = "admin"
 
 
@@ -84,6 +84,9 @@ class LoginLimiter:
 @dataclass(frozen=True)
 class TokenIdentity(Identity):
     access: tuple[Scope, ...] = field(default=())
+    # set when the request carried a valid registry token (an anonymous one counts)
+    has_token: bool = False
+    principal_id: int | None = None
 
 
 class IdentityService:
