@@ -59,7 +59,8 @@ def _make_registry(
 ) -> Iterator[Registry]:
     url = database_url(database, request, data_dir)
     if mode == "app":
-        settings = Settings(data_dir=data_dir, database_url=url, **_settings_from(env or {}))
+        options = {"insecure_no_auth": "true", **_settings_from(env or {})}
+        settings = Settings(data_dir=data_dir, database_url=url, **options)
         app = build(settings, run_migrations=True)
         transport = SyncASGITransport(app.asgi)
         client = httpx.Client(transport=transport, base_url="http://registry.test", timeout=60)

@@ -12,12 +12,16 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from shipyard.api.asgi import ShipyardASGI
+from shipyard.api.auth import AuthApi
 from shipyard.api.oci.context import Context
+from shipyard.auth.keys import KeyRing
 from shipyard.config import Settings, load_settings
 from shipyard.db import migrate
+from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.services.access import AccessPolicy, AnonymousAccess
+from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
 from shipyard.services.registry import RegistryService
 from shipyard.storage.base import BlobStore
 from shipyard.storage.filesystem import FilesystemBlobStore
@@ -85,6 +89,7 @@ class Shipyard:
     asgi: ShipyardASGI
     periodic: Periodic
     executor: ThreadPoolExecutor
+    identity: IdentityService | None = None
 
     def close(self) -> None:
         self.periodic.stop()
@@ -108,11 +113,44 @@ def build(
     periodic.every(
         settings.upload_purge_interval_seconds, lambda: registry.purge_uploads(max_age), "purge-uploads"
     )
-    context = Context(registry, access or AnonymousAccess(), executor)
-    asgi = ShipyardASGI(
-        context, on_startup=[periodic.start], on_shutdown=[periodic.stop, registry.pulls.flush]
+    identity = None if settings.insecure_no_auth else make_identity(settings, engine)
+    policy: AccessPolicy
+    if access is not None:
+        policy = access
+    elif identity is None:
+        policy = AnonymousAccess()
+    else:
+        policy = TokenAccess(identity)
+    if identity is not None:
+        keys = identity.keys
+        # pick up keys that `shipyard keys rotate` added, and retire the expired ones
+        periodic.every(30, keys.refresh, "signing-keys")
+    context = Context(
+        registry,
+        policy,
+        executor,
+        auth_service=None if identity is None else settings.auth_service,
+        public_url=settings.public_url,
     )
-    return Shipyard(settings, engine, registry, asgi, periodic, executor)
+    asgi = ShipyardASGI(
+        context,
+        auth=None if identity is None else AuthApi(identity, executor),
+        on_startup=[periodic.start],
+        on_shutdown=[periodic.stop, registry.pulls.flush],
+    )
+    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
+
+
+def make_identity(settings: Settings, engine: Engine) -> IdentityService:
+    config = AuthConfig(
+        issuer=settings.auth_issuer,
+        service=settings.auth_service,
+        token_lifetime=settings.token_lifetime_seconds,
+        login_password_lifetime=settings.login_password_lifetime_seconds,
+    )
+    longest = max(config.token_lifetime, config.login_password_lifetime, config.refresh_lifetime)
+    keys = KeyRing(settings.resolved_keys_dir, max_token_lifetime=longest)
+    return IdentityService(AccountStore(engine), keys, config)
 
 
 def asgi_from_environment() -> ShipyardASGI:

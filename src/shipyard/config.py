@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,11 +40,34 @@ class Settings(BaseSettings):
     pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
+    insecure_no_auth: bool = Field(
+        False, description="DEVELOPMENT ONLY: accept every request without authentication"
+    )
+    admin_password: SecretStr | None = Field(
+        None, description="password of the admin user created at first start (else one is generated)"
+    )
+    public_url: str | None = Field(
+        None, description="the registry's URL as clients see it, for token realms (default: from the request)"
+    )
+    auth_service: str = Field("shipyard", min_length=1, description="token service name (audience)")
+    auth_issuer: str = Field("shipyard", min_length=1, description="token issuer")
+    token_lifetime_seconds: int = Field(300, ge=30, le=86400, description="registry token lifetime")
+    login_password_lifetime_seconds: int = Field(
+        43200, ge=60, le=7 * 86400, description="lifetime of `shipyard login-password` passwords"
+    )
+    keys_dir: Path | None = Field(None, description="signing keys (default: DATA_DIR/keys), mode 0700/0600")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'shipyard.db').resolve()}"
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        return (self.keys_dir or self.data_dir / "keys").resolve()
 
     @property
     def resolved_storage_path(self) -> Path:
@@ -54,7 +77,7 @@ class Settings(BaseSettings):
         """The settings as SHIPYARD_* variables, to hand them to worker processes."""
         out: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is None:
+            if value is None or name == "admin_password":  # workers never need the bootstrap secret
                 continue
             if isinstance(value, Path):
                 value = value.resolve()

@@ -72,10 +72,15 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     timeout: float = 60.0,
+    auth: bool = False,
 ) -> ServerProcess:
+    """Start `shipyard serve`. Without `auth`, it runs with --insecure-no-auth (protocol and fault tests);
+    with it, as users run it (pass SHIPYARD_ADMIN_PASSWORD in `extra_env` to know the admin's password)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    if not auth:
+        env["SHIPYARD_INSECURE_NO_AUTH"] = "true"
     env.update(extra_env or {})
     log_path = data_dir.parent / f"server-{port}.log"
     cmd = [
@@ -102,6 +107,10 @@ def start_server(
             with urllib.request.urlopen(f"{server.url}/v2/", timeout=2) as response:
                 if response.status == 200:
                     return server
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 401:  # authentication is on: the server is up
+                return server
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         time.sleep(0.1)

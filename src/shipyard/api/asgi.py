@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from shipyard.api.auth import AuthApi
 from shipyard.api.errors import NO_SUCH_ENDPOINT
 from shipyard.api.http import JSON, respond
 from shipyard.api.oci.context import Context
@@ -19,19 +20,24 @@ class ShipyardASGI:
         self,
         context: Context,
         *,
+        auth: AuthApi | None = None,
         on_startup: list[Callable[[], object]] | None = None,
         on_shutdown: list[Callable[[], object]] | None = None,
     ) -> None:
         self.context = context
         self.oci = OciApi(context)
+        self.auth = auth
         self.on_startup = on_startup or []
         self.on_shutdown = on_shutdown or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"].startswith("/v2"):
+            path = scope["path"]
+            if path.startswith("/v2"):
                 await self.oci(scope, receive, send)
+            elif self.auth is not None and self.auth.handles(path):
+                await self.auth(scope, receive, send)
             else:
                 await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
         elif kind == "lifespan":

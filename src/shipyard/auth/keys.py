@@ -124,7 +124,7 @@ class KeyRing:
     def get(self, kid: str) -> SigningKey | None:
         return self._keys.get(kid)
 
-    def keys(self) -> list[SigningKey]:
+    def all(self) -> list[SigningKey]:
         return sorted(self._keys.values(), key=lambda k: k.created_at)
 
     def rotate(self) -> SigningKey:
@@ -162,5 +162,10 @@ class KeyRing:
             self._save_index()
         return retired
 
+    def refresh(self) -> None:
+        """Pick up keys another process added (`shipyard keys rotate`) and retire expired ones."""
+        self.reload()
+        self.retire_expired()
+
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.jwk() for k in self.keys()]}
+        return {"keys": [k.jwk() for k in self.all()]}

@@ -12,6 +12,8 @@ from pathlib import Path
 from shipyard import __version__
 from shipyard.config import Settings, SettingsError, load_settings
 
+log = logging.getLogger(__name__)
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
@@ -21,6 +23,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         "database_url": getattr(args, "database_url", None),
         "storage_backend": getattr(args, "storage_backend", None),
         "workers": getattr(args, "workers", None),
+        "tls_cert": getattr(args, "tls_cert", None),
+        "tls_key": getattr(args, "tls_key", None),
+        "insecure_no_auth": getattr(args, "insecure_no_auth", None),
     }
     return load_settings(args.config, **overrides)
 
@@ -41,19 +46,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # migrate once here, before any worker starts
-    build(settings, run_migrations=True).close()
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SettingsError("invalid setting tls_cert/tls_key: give both or neither")
+    # migrate, create the signing key and the admin user once here, before any worker starts
+    app = build(settings, run_migrations=True)
+    try:
+        admin_password = None
+        if app.identity is not None:
+            secret = settings.admin_password.get_secret_value() if settings.admin_password else None
+            admin_password = app.identity.bootstrap(secret)
+    finally:
+        app.close()
     os.environ.update(settings.to_environment())
-    address = f"{settings.host}:{settings.port}"
-    print(
-        f"Shipyard {__version__} on http://{address} "
-        f"(database {_redacted(settings.resolved_database_url)}, blobs in {settings.resolved_storage_path})\n"
-        "Authentication is not enabled yet: no login is needed. Push and pull with, for example:\n"
-        f"  skopeo copy --dest-tls-verify=false oci:./layout:latest docker://{address}/myapp:latest\n"
-        f"  podman push --tls-verify=false myapp:latest {address}/myapp:latest\n"
-        f"  docker push {address}/myapp:latest   (loopback counts as an insecure registry)",
-        flush=True,
-    )
+    print(_banner(settings, admin_password), flush=True)
+    cert = settings.tls_cert.resolve() if settings.tls_cert else None
+    key = settings.tls_key.resolve() if settings.tls_key else None
+    if cert is None and not _is_loopback(settings.host):
+        log.warning(
+            "serving plain HTTP on %s, which is not a loopback address: credentials and tokens will cross "
+            "the network in clear text; give --tls-cert and --tls-key",
+            settings.host,
+        )
     server = Granian(
         "shipyard.app:asgi_from_environment",
         factory=True,
@@ -63,8 +76,130 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_access=False,
         log_level=LogLevels(settings.log_level),
+        ssl_cert=cert,
+        ssl_key=key,
     )
     server.serve()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _banner(settings: Settings, admin_password: str | None) -> str:
+    address = f"{settings.host}:{settings.port}"
+    scheme = "https" if settings.tls_cert else "http"
+    lines = [
+        f"Shipyard {__version__} on {scheme}://{address} "
+        f"(database {_redacted(settings.resolved_database_url)}, blobs in {settings.resolved_storage_path})"
+    ]
+    insecure = "" if settings.tls_cert else " --tls-verify=false"
+    if settings.insecure_no_auth:
+        lines.append("WARNING: authentication is OFF (--insecure-no-auth): anyone can push, pull and delete.")
+    else:
+        if admin_password is not None:
+            lines.append(
+                "First start: created the account 'admin' with the user 'admin' and this password, "
+                f"shown once:\n    {admin_password}"
+            )
+        lines.append("Log in, then push and pull, for example:")
+        lines.append(f"  podman login{insecure} -u admin {address}")
+        lines.append(f"  skopeo login{insecure} -u admin {address}")
+        lines.append(f"  docker login -u admin {address}")
+    lines.append(
+        f"  skopeo copy --dest-tls-verify={'true' if settings.tls_cert else 'false'} "
+        f"oci:./layout:latest docker://{address}/admin/myapp:latest"
+    )
+    lines.append(f"  podman push{insecure} myapp:latest {address}/admin/myapp:latest")
+    return "\n".join(lines)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from shipyard.app import make_identity
+    from shipyard.db.engine import make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        keys = make_identity(settings, engine).keys
+        if args.keys_command == "rotate":
+            key = keys.rotate()
+            print(f"new signing key {key.kid}; older keys verify until their tokens expire, then retire")
+        elif args.keys_command == "retire":
+            retired = keys.retire_expired()
+            print(f"retired {len(retired)} signing keys" + (f": {', '.join(retired)}" if retired else ""))
+        for signing_key in keys.all():
+            state = "active" if signing_key.superseded_at is None else "verifying only"
+            print(f"{signing_key.kid}  {state}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from shipyard.auth.certs import issue_server_certificate
+
+    hosts = args.host or ["127.0.0.1", "localhost"]
+    issued = issue_server_certificate(args.dir, hosts)
+    address = args.address or f"{hosts[0]}:5000"
+    print(
+        f"CA certificate:     {issued.ca_cert}\n"
+        f"server certificate: {issued.server_cert} (for {', '.join(hosts)})\n"
+        f"server key:         {issued.server_key}\n\n"
+        f"Serve:   shipyard serve --tls-cert {issued.server_cert} --tls-key {issued.server_key}\n"
+        "Trust the CA:\n"
+        f"  podman, buildah, skopeo:  mkdir -p DIR && cp {issued.ca_cert} DIR/ca.crt, then --cert-dir DIR\n"
+        f"                           (or system-wide: /etc/containers/certs.d/{address}/ca.crt)\n"
+        f"  docker:                   /etc/docker/certs.d/{address}/ca.crt\n"
+        f"  curl:                     --cacert {issued.ca_cert}"
+    )
+    return 0
+
+
+def cmd_login_password(args: argparse.Namespace) -> int:
+    import base64
+    import getpass
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    password = (
+        args.password or os.environ.get("SHIPYARD_PASSWORD") or getpass.getpass(f"password for {args.user}: ")
+    )
+    request = urllib.request.Request(
+        args.registry.rstrip("/") + "/api/v1/auth/login-password",
+        method="POST",
+        data=b"",
+        headers={"authorization": "Basic " + base64.b64encode(f"{args.user}:{password}".encode()).decode()},
+    )
+    context = ssl.create_default_context(cafile=str(args.cacert)) if args.cacert else None
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            document = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(
+            f"shipyard: the registry refused: {exc.code} {exc.read().decode(errors='replace')}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.quiet:
+        print(document["password"])
+    else:
+        print(
+            f"{document['password']}\n\nvalid until {document['expires_at']}; log in with the user name "
+            f"{document['username']!r}, e.g.\n  shipyard login-password ... -q | "
+            f"podman login -u {document['username']} --password-stdin HOST",
+            file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
+        )
     return 0
 
 
@@ -126,6 +261,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="DEVELOPMENT ONLY: no authentication at all",
+    )
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
@@ -142,6 +285,33 @@ def parser() -> argparse.ArgumentParser:
     common(purge)
     purge.add_argument("--older-than", type=int, help="seconds (default: upload_max_age_seconds)")
     purge.set_defaults(func=cmd_purge_uploads)
+
+    keys = sub.add_parser("keys", help="token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    for name, text in (
+        ("list", "list the keys"),
+        ("rotate", "add a new signing key"),
+        ("retire", "delete keys whose tokens have all expired"),
+    ):
+        k = keys_sub.add_parser(name, help=text)
+        common(k)
+        k.set_defaults(func=cmd_keys)
+
+    certs = sub.add_parser("certs", help="create a development CA and a server certificate")
+    certs.add_argument(
+        "--dir", type=Path, default=Path("./certs"), help="where to write them (default ./certs)"
+    )
+    certs.add_argument("--host", action="append", help="DNS name or IP of the server (repeatable)")
+    certs.add_argument("--address", help="host:port clients use, for the trust instructions")
+    certs.set_defaults(func=cmd_certs)
+
+    lp = sub.add_parser("login-password", help="get a 12-hour password for docker/podman/skopeo login")
+    lp.add_argument("--registry", required=True, help="registry URL, e.g. https://127.0.0.1:5000")
+    lp.add_argument("-u", "--user", required=True, help="user name or access key id")
+    lp.add_argument("-p", "--password", help="password or secret (or SHIPYARD_PASSWORD, or a prompt)")
+    lp.add_argument("--cacert", type=Path, help="CA certificate to trust")
+    lp.add_argument("-q", "--quiet", action="store_true", help="print only the password")
+    lp.set_defaults(func=cmd_login_password)
     return top
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db.engine import read_transaction, write_transaction
@@ -356,9 +356,28 @@ class MetadataStore:
             names = list(conn.execute(query.order_by(Tag.name).limit(limit + 1)).scalars())
         return Page(names[:limit], len(names) > limit)
 
-    def catalog(self, limit: int, last: str | None) -> Page:
+    def catalog(
+        self,
+        limit: int,
+        last: str | None,
+        *,
+        namespaces: Iterable[str] | None = None,
+        repositories: Iterable[str] | None = None,
+    ) -> Page:
+        """Repository names in byte order; with `namespaces`/`repositories`, only those
+        (`<namespace>/...` by a range on the index, which '/' + 1 == '0' bounds)."""
         with read_transaction(self.engine) as conn:
             query = select(Repository.name)
+            if namespaces is not None or repositories is not None:
+                allowed = [
+                    and_(Repository.name >= f"{ns}/", Repository.name < f"{ns}0") for ns in namespaces or ()
+                ]
+                names = list(repositories or ())
+                if names:
+                    allowed.append(Repository.name.in_(names))
+                if not allowed:
+                    return Page([], False)
+                query = query.where(or_(*allowed))
             if last is not None:
                 query = query.where(Repository.name > last)
             names = list(conn.execute(query.order_by(Repository.name).limit(limit + 1)).scalars())

@@ -289,8 +289,31 @@ class TokenAccess:
             self.identity.audit(
                 "token-rejected", principal=None, source=source, action=None, reason=exc.reason
             )
-            raise Unauthorized("invalid token", extra={"reason": "invalid_token"}) from None
-        return TokenIdentity(claims.subject, anonymous=not claims.subject, access=claims.access)
+            raise Unauthorized("invalid token", extra={"error": "invalid_token"}) from None
+        pid = claims.extra.get("pid")
+        return TokenIdentity(
+            claims.subject,
+            anonymous=not claims.subject,
+            access=claims.access,
+            has_token=True,
+            principal_id=pid if isinstance(pid, int) else None,
+        )
+
+    def require_authenticated(self, identity: Identity) -> None:
+        if not (isinstance(identity, TokenIdentity) and identity.has_token):
+            raise Unauthorized("authentication required")
+
+    def catalog_filter(self, identity: Identity) -> CatalogFilter | None:
+        public = frozenset(self.identity.accounts.public_repositories())
+        principal = None
+        if isinstance(identity, TokenIdentity) and identity.principal_id is not None:
+            principal = self.identity.accounts.get_principal_by_id(identity.principal_id)
+        if principal is None or not principal.active:
+            return CatalogFilter((), public)
+        if is_superuser(principal):
+            return None
+        shared = frozenset(self.identity.accounts.shared_with(principal.account))
+        return CatalogFilter((principal.account,), public | shared)
 
     def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
         if self.allowed_scope(identity, repository, action):

@@ -25,6 +25,7 @@ from shipyard.domain.errors import (
 from shipyard.domain.manifest import parse_manifest
 from shipyard.domain.names import validate_name, validate_tag
 from shipyard.domain.records import BlobInfo, Page, PutManifestResult, Referrer, StoredManifest, UploadState
+from shipyard.services.access import CatalogFilter
 from shipyard.services.pulls import PullRecorder
 from shipyard.storage.base import UPLOAD_ID, BlobStore, BlobWriter, UploadBusy, UploadMissing
 
@@ -337,8 +338,13 @@ class RegistryService:
             raise NameUnknown(f"repository unknown: {repository}")
         return page
 
-    def catalog(self, n: int | None, last: str | None) -> Page:
-        return self.metadata.catalog(DEFAULT_PAGE_SIZE if n is None else n, _comparable(last))
+    def catalog(self, n: int | None, last: str | None, visible: CatalogFilter | None = None) -> Page:
+        limit = DEFAULT_PAGE_SIZE if n is None else n
+        if visible is None:
+            return self.metadata.catalog(limit, _comparable(last))
+        return self.metadata.catalog(
+            limit, _comparable(last), namespaces=visible.namespaces, repositories=visible.repositories
+        )
 
     def referrers(self, repository: str, digest: str, artifact_type: str | None) -> list[Referrer]:
         validate_name(repository)

@@ -20,6 +20,10 @@ class Context:
     registry: RegistryService
     access: AccessPolicy
     executor: Executor
+    # the token service's name and the registry's public URL, for WWW-Authenticate challenges;
+    # None when authentication is off
+    auth_service: str | None = None
+    public_url: str | None = None
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (SQL, file I/O, hashing) off the event loop."""

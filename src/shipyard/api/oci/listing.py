@@ -11,6 +11,7 @@ from shipyard.api.types import Send
 from shipyard.domain import mediatypes
 from shipyard.domain.errors import PaginationInvalid
 from shipyard.domain.records import Page
+from shipyard.services.access import CatalogFilter
 
 MAX_PAGE = 10_000
 
@@ -42,9 +43,9 @@ async def list_tags(ctx: Context, request: Request, send: Send, name: str) -> No
     await respond_json(send, 200, {"name": name, "tags": page.items}, headers)
 
 
-async def catalog(ctx: Context, request: Request, send: Send) -> None:
+async def catalog(ctx: Context, request: Request, send: Send, visible: CatalogFilter | None) -> None:
     n = _page_size(request)
-    page = await ctx.run(ctx.registry.catalog, n, request.param("last"))
+    page = await ctx.run(ctx.registry.catalog, n, request.param("last"), visible)
     headers = _next_link("/v2/_catalog", page, n)
     await respond_json(send, 200, {"repositories": page.items}, headers)
 

@@ -11,7 +11,7 @@ from shipyard.api.http import JSON, ClientDisconnected, Request, respond, respon
 from shipyard.api.oci import blobs, listing, manifests, uploads
 from shipyard.api.oci.context import Context
 from shipyard.api.types import Receive, Scope, Send
-from shipyard.domain.errors import RegistryError
+from shipyard.domain.errors import RegistryError, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action
 
@@ -52,17 +52,40 @@ class OciApi:
             # half-closed) is told so, instead of the server's stand-in 500 for an unanswered request
             body = error_body("SIZE_INVALID", "the request body ended before its declared length")
             await self._error(request, send, 400, body)
+        except Unauthorized as error:
+            headers = {}
+            if self.ctx.auth_service is not None:
+                headers["www-authenticate"] = self._challenge(request, error)
+            await self._error(request, send, status_for(error), body_for(error), headers)
         except RegistryError as error:
             await self._error(request, send, status_for(error), body_for(error))
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             await self._error(request, send, 500, error_body("UNKNOWN", "internal server error"))
 
+    def _challenge(self, request: Request, error: Unauthorized) -> str:
+        base = self.ctx.public_url
+        if base is None:
+            scheme = request.scope.get("scheme", "http")
+            host = request.headers.get("host") or "{}:{}".format(
+                *request.scope.get("server", ("localhost", 80))
+            )
+            base = f"{scheme}://{host}"
+        parts = [f'realm="{base.rstrip("/")}/token"', f'service="{self.ctx.auth_service}"']
+        extra = error.extra if isinstance(error.extra, dict) else {}
+        if extra.get("scope"):
+            parts.append(f'scope="{extra["scope"]}"')
+        if extra.get("error"):
+            parts.append(f'error="{extra["error"]}"')
+        return "Bearer " + ",".join(parts)
+
     @staticmethod
-    async def _error(request: Request, send: Send, status: int, body: bytes) -> None:
+    async def _error(
+        request: Request, send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         head = request.method == "HEAD"
         try:
-            await respond(send, status, {"content-type": JSON}, body, head=head)
+            await respond(send, status, {"content-type": JSON, **(headers or {})}, body, head=head)
         except Exception:  # the response had already started, or the client is gone
             log.debug("could not send error response", exc_info=True)
 
@@ -70,17 +93,21 @@ class OciApi:
         ctx = self.ctx
         method = request.method
         path = request.path
-        identity = ctx.access.authenticate(request.headers.get("authorization"))
+        client = request.scope.get("client")
+        identity = ctx.access.authenticate(
+            request.headers.get("authorization"), client[0] if client else None
+        )
         if path in ("/v2/", "/v2"):
             if method not in ("GET", "HEAD"):
                 raise _method_not_allowed()
+            ctx.access.require_authenticated(identity)
             await respond_json(send, 200, {})
             return
         if path == "/v2/_catalog":
             if method != "GET":
                 raise _method_not_allowed()
             ctx.access.authorize(identity, None, "pull")
-            await listing.catalog(ctx, request, send)
+            await listing.catalog(ctx, request, send, ctx.access.catalog_filter(identity))
             return
         match = _ROUTE.match(path)
         if match is None:
