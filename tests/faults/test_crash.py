@@ -317,7 +317,9 @@ def test_the_consistency_checker_sees_damage(tmp_path: Path) -> None:
     """The crash test is only as good as its checker: damage each invariant by hand and see it reported."""
     data_dir = tmp_path / "data"
     database_url = f"sqlite:///{data_dir / 'shipyard.db'}"
-    app = build(Settings(data_dir=data_dir, database_url=database_url), run_migrations=True)
+    app = build(
+        Settings(data_dir=data_dir, database_url=database_url, insecure_no_auth=True), run_migrations=True
+    )
     client = httpx.Client(transport=SyncASGITransport(app.asgi), base_url="http://registry.test")
     try:
         config, layer, spare = b'{"os":"linux"}', payload("checker/layer", 100_000), b"spare"
