@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db.engine import read_transaction, write_transaction
+from shipyard.db.fastread import SqliteFastReader
 from shipyard.db.models import (
     Blob,
     Manifest,
@@ -39,6 +40,15 @@ class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        database = engine.url.database
+        self._fast: SqliteFastReader | None = None
+        if self._dialect == "sqlite" and database and database != ":memory:":
+            self._fast = SqliteFastReader(database)
+
+    @property
+    def reads_are_instant(self) -> bool:
+        """Whether the hot reads are quick enough to run on the event loop (embedded SQLite)."""
+        return self._fast is not None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -62,6 +72,8 @@ class MetadataStore:
     # -- blobs -------------------------------------------------------------------------------
 
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        if self._fast is not None:
+            return self._fast.linked_blob_size(repository, digest)
         with read_transaction(self.engine) as conn:
             value = conn.execute(
                 select(Blob.size)
@@ -280,6 +292,8 @@ class MetadataStore:
     _MANIFEST_COLUMNS = (Manifest.id, Manifest.digest, Manifest.media_type, Manifest.size, Manifest.content)
 
     def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
+        if self._fast is not None:
+            return self._fast.manifest_by_tag(repository, tag)
         with read_transaction(self.engine) as conn:
             row = conn.execute(
                 select(*self._MANIFEST_COLUMNS)
@@ -292,6 +306,8 @@ class MetadataStore:
         )
 
     def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
+        if self._fast is not None:
+            return self._fast.manifest_by_digest(repository, digest)
         with read_transaction(self.engine) as conn:
             row = conn.execute(
                 select(*self._MANIFEST_COLUMNS)

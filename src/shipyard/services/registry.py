@@ -100,6 +100,11 @@ class RegistryService:
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._hashers_lock = threading.Lock()
 
+    @property
+    def reads_are_instant(self) -> bool:
+        """Whether get_manifest and stat_blob may run on the event loop (they do no slow I/O)."""
+        return self.metadata.reads_are_instant
+
     # -- blobs -------------------------------------------------------------------------------
 
     def stat_blob(self, repository: str, digest: str) -> BlobInfo:

@@ -44,7 +44,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def get_blob(ctx: Context, request: Request, send: Send, name: str, digest: str) -> None:
-    info = await ctx.run(ctx.registry.stat_blob, name, digest)
+    info = await ctx.read(ctx.registry.stat_blob, name, digest)
     head = request.method == "HEAD"
     headers = {
         "content-type": "application/octet-stream",

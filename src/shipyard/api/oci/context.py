@@ -25,6 +25,12 @@ class Context:
     auth_service: str | None = None
     public_url: str | None = None
 
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A hot-path read: inline when the metadata store answers in microseconds, else off the loop."""
+        if self.registry.reads_are_instant:
+            return fn(*args, **kwargs)
+        return await self.run(fn, *args, **kwargs)
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking work (SQL, file I/O, hashing) off the event loop."""
         loop = asyncio.get_running_loop()

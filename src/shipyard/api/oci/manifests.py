@@ -10,7 +10,7 @@ from shipyard.domain.manifest import MAX_MANIFEST_BYTES
 
 
 async def get_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
-    stored = await ctx.run(ctx.registry.get_manifest, name, reference)
+    stored = await ctx.read(ctx.registry.get_manifest, name, reference)
     headers = {
         "content-type": stored.media_type,
         "docker-content-digest": stored.digest,

@@ -1,0 +1,58 @@
+"""The hot reads (manifest by tag or digest, blob of a repository) on SQLite without the ORM layer.
+
+The stdlib driver on a per-thread read-only connection answers in microseconds (MEASUREMENTS.md:
+~100k lookups/s against ~5k through a pooled SQLAlchemy session), fast enough to run on the event loop
+itself. Each statement runs in its own implicit transaction, so it sees every committed write (WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from shipyard.domain.records import StoredManifest
+
+_BY_TAG = (
+    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM tags t "
+    "JOIN repositories r ON r.id = t.repository_id JOIN manifests m ON m.id = t.manifest_id "
+    "WHERE r.name = ? AND t.name = ?"
+)
+_BY_DIGEST = (
+    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM manifests m "
+    "JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?"
+)
+_LINKED_BLOB = (
+    "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest "
+    "JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND b.digest = ?"
+)
+
+
+class SqliteFastReader:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    def _manifest(self, sql: str, repository: str, key: str) -> StoredManifest | None:
+        row = self._connection().execute(sql, (repository, key)).fetchone()
+        if row is None:
+            return None
+        return StoredManifest(int(row[0]), row[1], row[2], int(row[3]), bytes(row[4]))
+
+    def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
+        return self._manifest(_BY_TAG, repository, tag)
+
+    def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
+        return self._manifest(_BY_DIGEST, repository, digest)
+
+    def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        row = self._connection().execute(_LINKED_BLOB, (repository, digest)).fetchone()
+        return None if row is None else int(row[0])
