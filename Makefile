@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck imports unit system-packages clean
+.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,36 @@ unit: $(VENV)/.test-installed
 
 test: $(VENV)/.test-installed system-packages lint typecheck imports
 	$(BIN)/pytest
+
+# -- the benchmark (bench/): Shipyard beside CNCF Distribution and nginx, in one run -------------
+BENCH_ARGS ?=
+BENCH_TOOLS := hey wrk nginx-light docker-registry skopeo curl
+
+$(VENV)/.bench-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@ $(VENV)/.run-installed
+
+# Debian packages the benchmark drives; installed only when running as root and missing.
+bench-packages:
+	@missing=""; \
+	for pkg in $(BENCH_TOOLS); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "bench: not root, cannot install:$$missing" >&2; exit 1; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  for service in nginx docker-registry; do \
+	    (systemctl stop $$service || service $$service stop) >/dev/null 2>&1 || true; \
+	  done; \
+	fi
+
+bench: $(VENV)/.bench-installed bench-packages system-packages
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.bench-installed bench-packages system-packages
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--shipyard-workers", type=int, help="SHIPYARD_WORKERS for both Shipyards (default: 1)")
     p.add_argument("--no-growth", action="store_true", help="skip the database growth workload")
+    p.add_argument(
+        "--only",
+        help="comma-separated prefixes of the workloads to run, e.g. manifest_get,blob_get,growth "
+        "(names as in the JSON: blob_get_full, upload_chunked, manifest_head_digest.c64, tags_list_middle,"
+        " catalog_first, small_push, growth, ...)",
+    )
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     return p.parse_args(argv)
 
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         work_parent=args.work_dir,
         shipyard_workers=args.shipyard_workers,
         growth=not args.no_growth,
+        only=tuple(p.strip() for p in args.only.split(",") if p.strip()) if args.only else None,
         chart=not args.no_chart,
     )
     try:

@@ -407,9 +407,12 @@ def render_targets(ts: list[Target]) -> str:
 
 def render(m: Medians, sizes: Sizes, ts: list[Target], meta: dict[str, Any]) -> str:
     parts = [
-        f"Shipyard benchmark, {sizes.mode} mode: {sizes.rounds} round(s), medians; wall time "
+        f"Shipyard benchmark ({meta.get('shipyard_commit', '?')}), {sizes.mode} mode: medians of "
+        f"{sizes.rounds} round(s) ({sizes.rounds_of_load} for the load and latency runs); wall time "
         f"{meta.get('wall_seconds', 0):.0f} s; load average {meta.get('loadavg_start', '?')} -> "
         f"{meta.get('loadavg_end', '?')} on {meta.get('cpus', '?')} CPUs",
+        "Authentication is off on every registry (Shipyard with SHIPYARD_INSECURE_NO_AUTH=true; Distribution"
+        " has none configured).",
         "Ratios: >1 means Shipyard is better (a throughput ratio, or the inverse of a latency or cost"
         " ratio).",
         "",
@@ -483,6 +486,10 @@ def draw_chart(path: Path, m: Medians, sizes: Sizes, ts: list[Target]) -> bool:
     ax2.set_xlabel("times better than CNCF Distribution (log; >1 = Shipyard better)")
     ax2.set_title("Shipyard vs Distribution, medians")
     ax2.legend(loc="lower right", fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

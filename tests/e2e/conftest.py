@@ -1,15 +1,25 @@
 """Fixtures for end-to-end tests with real container clients (skopeo, podman, buildah, docker).
 
-`registry` is a real Shipyard server (`python -m shipyard serve`) on a free loopback port. With
-SHIPYARD_E2E_AGAINST_REFERENCE=1 it is CNCF Distribution (Debian's `docker-registry`) instead, with a
-config of its own (filesystem storage in a temp dir, deletes enabled): the same tests then show how the
-reference registry behaves, for comparison.
+`registry` is a real Shipyard server (`python -m shipyard serve`) on a free loopback port, with
+authentication ON as users run it: the account `admin` with the superuser `admin` (password
+`ADMIN.password`). Every client logs in as the real ones do (`skopeo login`, `podman login`, `buildah
+login`, `docker login`) and pushes below `admin/`. `accounts` creates more accounts, users and access
+keys through the service layer, in the server's own database.
+
+With SHIPYARD_E2E_AGAINST_REFERENCE=1 `registry` is CNCF Distribution (Debian's `docker-registry`)
+instead, without authentication (logins to it succeed and change nothing), with a config of its own
+(filesystem storage in a temp dir, deletes enabled): the same tests then show how the reference registry
+behaves, for comparison. Tests of Shipyard's own authentication skip there.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -21,14 +31,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import ContainerStorage, Skopeo
+from shipyard.app import build
+from shipyard.auth.credentials import hash_secret, new_key_id, new_secret
+from shipyard.config import Settings
+from shipyard.db.accounts import AccountStore
+from tests.support.cli import ContainerStorage, Credentials, Skopeo
 from tests.support.dockerd import DOCKER_CLIENT, DockerDaemon, find_dockerd, start_dockerd
 from tests.support.oci_layout import find_busybox
-from tests.support.server import free_port, start_server
+from tests.support.server import ServerProcess, free_port, start_server
 from tests.support.tools import in_ci, require_root, require_tool
 
 AGAINST_REFERENCE_ENV = "SHIPYARD_E2E_AGAINST_REFERENCE"
 LOG_TAIL = 6000
+# the superuser `shipyard serve` creates on its first start (SHIPYARD_ADMIN_PASSWORD)
+ADMIN = Credentials("admin", "e2e-admin-Pa55word")
+LOGIN_PASSWORD_USER = "shipyard"
 
 
 def against_reference() -> bool:
@@ -122,19 +139,105 @@ def start_reference_registry(data_dir: Path, *, host: str = "127.0.0.1", timeout
     raise RuntimeError(f"docker-registry did not answer within {timeout}s:\n{server.log()}")
 
 
+def needs_shipyard_auth() -> None:
+    if against_reference():
+        pytest.skip("tests Shipyard's own authentication: the reference registry runs without")
+
+
+def start_shipyard(data_dir: Path, **options) -> ServerProcess:
+    """`shipyard serve` with authentication on and ADMIN as its superuser."""
+    extra_env = {"SHIPYARD_ADMIN_PASSWORD": ADMIN.password, **options.pop("extra_env", {})}
+    return start_server(data_dir, auth=True, extra_env=extra_env, **options)
+
+
+class Accounts:
+    """Accounts, users and access keys, written through the service layer into a server's database
+    (the server reads principals and repository settings from the database on every login and token)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.app = build(Settings(data_dir=data_dir, insecure_no_auth=False))
+        assert self.app.identity is not None
+        self.store: AccountStore = self.app.identity.accounts
+
+    def close(self) -> None:
+        self.app.close()
+
+    def account(self, name: str) -> str:
+        if self.store.get_account(name) is None:
+            self.store.create_account(name)
+        return name
+
+    def user(
+        self, account: str, login: str, role: str = "writer", password: str | None = None
+    ) -> Credentials:
+        self.account(account)
+        password = password or new_secret(18)
+        self.store.create_principal(
+            account, kind="user", login=login, role=role, secret_hash=hash_secret(password)
+        )
+        return Credentials(login, password)
+
+    def access_key(self, owner: str, role: str | None = None) -> Credentials:
+        """An access key of user `owner` (same account, the owner's role unless `role`)."""
+        found = self.store.get_principal(owner)
+        assert found is not None, owner
+        principal = found[0]
+        key_id, secret = new_key_id(), new_secret()
+        self.store.create_principal(
+            principal.account,
+            kind="access_key",
+            login=key_id,
+            role=role or principal.role,
+            secret_hash=hash_secret(secret),
+            owner_id=principal.id,
+        )
+        return Credentials(key_id, secret)
+
+    def set_visibility(self, repository: str, visibility: str) -> None:
+        self.store.set_visibility(repository, visibility)
+
+
+def login_password(url: str, creds: Credentials, *, cafile: Path | None = None) -> Credentials:
+    """POST /api/v1/auth/login-password with Basic `creds`: the 12-hour password for user `shipyard`."""
+    basic = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{url}/api/v1/auth/login-password", method="POST", headers={"Authorization": f"Basic {basic}"}
+    )
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
+        assert response.status == 200
+        body = json.loads(response.read())
+    assert body["username"] == LOGIN_PASSWORD_USER, body
+    expires = datetime.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    assert expires.timestamp() > time.time() + 3600, body
+    return Credentials(body["username"], body["password"])
+
+
 def pytest_report_header() -> str:
     return f"e2e registry: {'CNCF Distribution (reference)' if against_reference() else 'shipyard'}"
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
-    """A running registry for this module: Shipyard, or the reference one with the switch set."""
+    """A running registry for this module: Shipyard with authentication on (superuser ADMIN), or the
+    reference one with the switch set."""
     base = tmp_path_factory.mktemp("registry")
-    server = start_reference_registry(base / "data") if against_reference() else start_server(base / "data")
+    server = start_reference_registry(base / "data") if against_reference() else start_shipyard(base / "data")
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def accounts(registry) -> Iterator[Accounts]:
+    """Creates accounts, users and access keys in the `registry` server's database."""
+    needs_shipyard_auth()
+    store = Accounts(registry.data_dir)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -162,9 +265,25 @@ def busybox() -> Path:
 
 
 @pytest.fixture
-def skopeo(tmp_path: Path) -> Skopeo:
+def new_skopeo(tmp_path: Path):
+    """Makes skopeo clients, each with its own home (auth file, registries.conf): none logged in."""
     binary = require_tool("skopeo")["skopeo"]
-    return Skopeo(binary, tmp_path / "skopeo-home")
+    count = 0
+
+    def make() -> Skopeo:
+        nonlocal count
+        count += 1
+        return Skopeo(binary, tmp_path / f"skopeo-home-{count}")
+
+    return make
+
+
+@pytest.fixture
+def skopeo(registry, new_skopeo) -> Skopeo:
+    """skopeo logged in to `registry` as ADMIN (`skopeo login --authfile`)."""
+    client = new_skopeo()
+    client.login(registry.address, ADMIN)
+    return client
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """buildah against a running registry: build from scratch, commit, push, pull back, check the content.
 
 buildah runs with a private store (global --root/--runroot, vfs driver): nothing touches the host's.
+It logs in (`buildah login`, its own auth file) as the superuser and pushes below `admin/`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import ADMIN
 from tests.support.cli import ContainerStorage, Skopeo
 from tests.support.oci_layout import MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, sha256_digest
 from tests.support.tools import require_tool
@@ -20,8 +22,10 @@ CMD = ["/bin/busybox", "cat", "/etc/hello.txt"]
 
 
 @pytest.fixture
-def buildah(storage: ContainerStorage) -> ContainerStorage:
+def buildah(registry, storage: ContainerStorage) -> ContainerStorage:
+    """buildah with a private store, logged in to `registry` as the superuser (`buildah login`)."""
     require_tool("buildah")
+    storage.login("buildah", registry.address, ADMIN)
     return storage
 
 
@@ -62,7 +66,7 @@ def test_build_push_pull(
     media_type: str,
 ) -> None:
     image_id = build_image(buildah, busybox, tmp_path / "ctx", f"localhost/e2e/buildah-{fmt}:v1", fmt)
-    ref = f"{registry.address}/e2e/buildah/{fmt}:v1"
+    ref = f"{registry.address}/admin/e2e/buildah/{fmt}:v1"
 
     digestfile = tmp_path / "pushed.digest"
     buildah.buildah(
@@ -110,7 +114,7 @@ def test_push_to_second_repository_and_pull_by_digest(
 ) -> None:
     build_image(buildah, busybox, tmp_path / "ctx", "localhost/e2e/buildah-two:v1", "oci")
     digests = []
-    for repo in ("e2e/buildah/first", "e2e/buildah/second"):
+    for repo in ("admin/e2e/buildah/first", "admin/e2e/buildah/second"):
         digestfile = tmp_path / f"{repo.replace('/', '_')}.digest"
         buildah.buildah(
             "push",
@@ -124,7 +128,7 @@ def test_push_to_second_repository_and_pull_by_digest(
     # the same local image pushed twice gives the same manifest, blobs already on the registry or not
     assert digests[0] == digests[1]
     buildah.buildah("rmi", "--all", "--force")
-    by_digest = f"docker://{registry.address}/e2e/buildah/second@{digests[1]}"
+    by_digest = f"docker://{registry.address}/admin/e2e/buildah/second@{digests[1]}"
     buildah.buildah("pull", "--tls-verify=false", by_digest)
     images = json.loads(buildah.buildah("images", "--json", "--digests", "--no-trunc").stdout)
     assert [i["digest"] for i in images] == [digests[1]]

@@ -2,6 +2,7 @@
 
 podman runs as root with a private store (--root/--runroot/--tmpdir, vfs driver) and `--runtime runc`:
 crun fails on this machine's hybrid cgroups, and the default ulimits exceed the sandbox's hard limits.
+It logs in (`podman login`, its own auth file) as the superuser and pushes below `admin/`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import ADMIN
 from tests.support.cli import ContainerStorage, Skopeo
 from tests.support.oci_layout import (
     MT_DOCKER_MANIFEST_LIST,
@@ -28,14 +30,16 @@ RUN_FLAGS = ("--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "n
 
 
 @pytest.fixture
-def podman(storage: ContainerStorage) -> ContainerStorage:
+def podman(registry, storage: ContainerStorage) -> ContainerStorage:
+    """podman with a private store, logged in to `registry` as the superuser (`podman login`)."""
     require_tool("podman", "runc", "conmon")
+    storage.login("podman", registry.address, ADMIN)
     return storage
 
 
 def test_push_pull_and_run(registry, podman: ContainerStorage, skopeo: Skopeo, tmp_path: Path, busybox: Path):
     layout, image = build_busybox_image(tmp_path / "src", "v1", motd=b"pushed by podman\n")
-    ref = f"{registry.address}/e2e/podman/busybox:v1"
+    ref = f"{registry.address}/admin/e2e/podman/busybox:v1"
 
     podman.podman("pull", f"oci:{layout.root}:v1")
     image_id = image.config.digest.removeprefix("sha256:")
@@ -59,7 +63,7 @@ def test_push_pull_and_run(registry, podman: ContainerStorage, skopeo: Skopeo, t
     inspected = json.loads(podman.podman("image", "inspect", ref).stdout)[0]
     assert inspected["Id"] == image_id
     assert inspected["Digest"] == pushed
-    assert f"{registry.address}/e2e/podman/busybox@{pushed}" in inspected["RepoDigests"]
+    assert f"{registry.address}/admin/e2e/podman/busybox@{pushed}" in inspected["RepoDigests"]
 
     result = podman.podman("run", "--rm", *RUN_FLAGS, ref)
     assert result.stdout == "hello\n"
@@ -68,7 +72,7 @@ def test_push_pull_and_run(registry, podman: ContainerStorage, skopeo: Skopeo, t
 
     # pull by digest, into a clean store, and run that
     podman.podman("rmi", "--all", "--force")
-    by_digest = f"{registry.address}/e2e/podman/busybox@{pushed}"
+    by_digest = f"{registry.address}/admin/e2e/podman/busybox@{pushed}"
     podman.podman("pull", "--tls-verify=false", by_digest)
     result = podman.podman("run", "--rm", *RUN_FLAGS, by_digest, "/bin/busybox", "sh", "-c", "echo $((6*7))")
     assert result.stdout == "42\n"
@@ -76,7 +80,7 @@ def test_push_pull_and_run(registry, podman: ContainerStorage, skopeo: Skopeo, t
 
 def test_pull_of_unknown_tag_fails(registry, podman: ContainerStorage) -> None:
     result = podman.podman(
-        "pull", "--tls-verify=false", f"{registry.address}/e2e/podman/nothing-here:v1", check=False
+        "pull", "--tls-verify=false", f"{registry.address}/admin/e2e/podman/nothing-here:v1", check=False
     )
     assert result.returncode != 0
     assert "manifest unknown" in result.stderr.lower() or "not found" in result.stderr.lower(), result.stderr
@@ -87,7 +91,7 @@ def test_manifest_push_all(registry, podman: ContainerStorage, skopeo: Skopeo, t
     for image in index.images:
         layout.tag(image, image.platform["architecture"])
     local_list = "localhost/e2e/podman-list:v1"
-    ref = f"{registry.address}/e2e/podman/list:v1"
+    ref = f"{registry.address}/admin/e2e/podman/list:v1"
 
     podman.podman("manifest", "create", local_list)
     for image in index.images:
@@ -120,7 +124,7 @@ def test_manifest_push_all(registry, podman: ContainerStorage, skopeo: Skopeo, t
         assert child["digest"] == image.digest
         assert child["size"] == image.manifest.size
         # every child arrived (with --all) under its own digest, byte for byte
-        assert skopeo.inspect_raw(f"docker://{registry.address}/e2e/podman/list@{image.digest}") == (
+        assert skopeo.inspect_raw(f"docker://{registry.address}/admin/e2e/podman/list@{image.digest}") == (
             image.manifest_bytes
         )
 

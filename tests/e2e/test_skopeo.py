@@ -33,7 +33,7 @@ def test_push_and_pull_keep_manifest_and_blob_digests(
     layout, image = build_busybox_image(tmp_path / "src", "v1", random_bytes=3 * 1024 * 1024)
     # the builder is deterministic: the expected digests are known before any client runs
     assert build_busybox_image(tmp_path / "again", "v1", random_bytes=3 * 1024 * 1024)[1] == image
-    ref = f"docker://{registry.address}/e2e/skopeo/roundtrip:v1"
+    ref = f"docker://{registry.address}/admin/e2e/skopeo/roundtrip:v1"
 
     digestfile = tmp_path / "pushed.digest"
     skopeo.copy(f"oci:{layout.root}:v1", ref, "--digestfile", str(digestfile))
@@ -47,7 +47,7 @@ def test_push_and_pull_keep_manifest_and_blob_digests(
     assert info["Digest"] == image.digest
     assert info["Layers"] == [layer.digest for layer in image.layers]
     assert info["Architecture"] == "amd64" and info["Os"] == "linux"
-    assert skopeo.inspect_raw(f"docker://{registry.address}/e2e/skopeo/roundtrip@{image.digest}") == raw
+    assert skopeo.inspect_raw(f"docker://{registry.address}/admin/e2e/skopeo/roundtrip@{image.digest}") == raw
 
     config = skopeo.inspect_raw(ref, "--config")
     assert config == image.config_bytes
@@ -64,7 +64,7 @@ def test_push_and_pull_keep_manifest_and_blob_digests(
 
 def test_copy_all_multiplatform_index_round_trip(registry, skopeo: Skopeo, tmp_path: Path) -> None:
     layout, index = build_multiplatform_index(tmp_path / "src", "multi", seed="skopeo-all")
-    repo = f"{registry.address}/e2e/skopeo/multi"
+    repo = f"{registry.address}/admin/e2e/skopeo/multi"
 
     skopeo.copy(f"oci:{layout.root}:multi", f"docker://{repo}:multi", "--all")
 
@@ -101,8 +101,8 @@ def test_copy_all_multiplatform_index_round_trip(registry, skopeo: Skopeo, tmp_p
 def test_copy_between_repositories_keeps_digests(registry, skopeo: Skopeo, tmp_path: Path) -> None:
     """Registry to registry: skopeo mounts the blobs from the source repository (or uploads them)."""
     layout, image = build_small_image(tmp_path / "src", "v1", seed="mount", size=64 * 1024)
-    src = f"docker://{registry.address}/e2e/skopeo/mount-src:v1"
-    dst = f"docker://{registry.address}/e2e/skopeo/mount-dst:copied"
+    src = f"docker://{registry.address}/admin/e2e/skopeo/mount-src:v1"
+    dst = f"docker://{registry.address}/admin/e2e/skopeo/mount-dst:copied"
     skopeo.copy(f"oci:{layout.root}:v1", src)
     skopeo.copy(src, dst)
     assert skopeo.inspect_raw(dst) == image.manifest_bytes
@@ -112,7 +112,7 @@ def test_copy_between_repositories_keeps_digests(registry, skopeo: Skopeo, tmp_p
 
 
 def test_list_tags(registry, skopeo: Skopeo, tmp_path: Path) -> None:
-    repo = f"{registry.address}/e2e/skopeo/tags"
+    repo = f"{registry.address}/admin/e2e/skopeo/tags"
     layout, first = build_small_image(tmp_path / "src", "one", seed="tags-1")
     _, second = build_small_image(tmp_path / "src", "two", seed="tags-2")
     tags = ["1.0", "1.1", "2.0-rc1", "latest", "z_last", "A-upper"]
@@ -135,12 +135,12 @@ def test_list_tags(registry, skopeo: Skopeo, tmp_path: Path) -> None:
 
 def test_list_tags_of_unknown_repository_fails(registry, skopeo: Skopeo) -> None:
     with pytest.raises(CommandFailed) as failed:
-        skopeo.list_tags(f"docker://{registry.address}/e2e/skopeo/never-pushed")
+        skopeo.list_tags(f"docker://{registry.address}/admin/e2e/skopeo/never-pushed")
     assert "unknown" in failed.value.stderr.lower() or "not found" in failed.value.stderr.lower()
 
 
 def test_delete(registry, skopeo: Skopeo, tmp_path: Path) -> None:
-    repo = f"{registry.address}/e2e/skopeo/delete"
+    repo = f"{registry.address}/admin/e2e/skopeo/delete"
     layout, image = build_small_image(tmp_path / "src", "doomed", seed="delete-1")
     _, survivor = build_small_image(tmp_path / "src", "survivor", seed="delete-2")
     skopeo.copy(f"oci:{layout.root}:doomed", f"docker://{repo}:doomed")
@@ -169,7 +169,7 @@ def test_delete(registry, skopeo: Skopeo, tmp_path: Path) -> None:
 
 def test_push_docker_schema2_and_pull_back(registry, skopeo: Skopeo, tmp_path: Path, busybox: Path) -> None:
     layout, image = build_busybox_image(tmp_path / "src", "v2s2", motd=b"docker schema 2\n")
-    ref = f"docker://{registry.address}/e2e/skopeo/schema2:v1"
+    ref = f"docker://{registry.address}/admin/e2e/skopeo/schema2:v1"
     digestfile = tmp_path / "digest"
     skopeo.copy(f"oci:{layout.root}:v2s2", ref, "--format", "v2s2", "--digestfile", str(digestfile))
 
@@ -217,7 +217,7 @@ def test_big_layer_round_trip(registry, skopeo: Skopeo, tmp_path: Path) -> None:
     big = random_layer(24 * 1024 * 1024, seed="big", level=1)
     image = layout.add_image([big, files_layer({"etc/small": b"small\n"})], cmd=["/bin/true"])
     layout.tag(image, "big")
-    ref = f"docker://{registry.address}/e2e/skopeo/big:v1"
+    ref = f"docker://{registry.address}/admin/e2e/skopeo/big:v1"
     skopeo.copy(f"oci:{layout.root}:big", ref)
     skopeo.copy(ref, f"oci:{tmp_path / 'back'}:big")
     back = OciLayout.open(tmp_path / "back")
@@ -228,7 +228,7 @@ def test_big_layer_round_trip(registry, skopeo: Skopeo, tmp_path: Path) -> None:
 
 def test_sync_every_tag_of_a_repository(registry, skopeo: Skopeo, tmp_path: Path) -> None:
     """`skopeo sync` lists the tags and copies each image: what it writes is what was pushed."""
-    repo = f"{registry.address}/e2e/skopeo/sync"
+    repo = f"{registry.address}/admin/e2e/skopeo/sync"
     images = {}
     for n in range(3):
         layout, images[f"t{n}"] = build_small_image(tmp_path / "src", f"t{n}", seed=f"sync-{n}")

@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What a client logs in with: a user name (or access-key id, or `shipyard`) and its secret."""
+
+    username: str
+    password: str
+
+
 class CommandFailed(AssertionError):
     def __init__(self, cmd: Sequence[str], result: subprocess.CompletedProcess[str]) -> None:
         self.cmd = list(cmd)
@@ -102,10 +110,38 @@ class Skopeo:
     def __post_init__(self) -> None:
         self.env = client_env(self.home)
 
+    @property
+    def authfile(self) -> Path:
+        return Path(self.env["REGISTRY_AUTH_FILE"])
+
     def __call__(
-        self, *args: str | os.PathLike[str], check: bool = True, timeout: float = 120
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return run([self.binary, *args], check=check, timeout=timeout, env=self.env)
+        return run([self.binary, *args], check=check, timeout=timeout, env=self.env, input=input)
+
+    def login(
+        self, address: str, creds: Credentials, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`skopeo login` into this client's own auth file (the password on stdin); plain HTTP allowed
+        unless `extra` says otherwise (a later --tls-verify wins)."""
+        return self(
+            "login",
+            "--authfile",
+            self.authfile,
+            "--tls-verify=false",
+            *extra,
+            "--username",
+            creds.username,
+            "--password-stdin",
+            address,
+            check=check,
+            timeout=60,
+            input=creds.password,
+        )
 
     def copy(
         self, src: str, dest: str, *extra: str, timeout: float = 180
@@ -204,6 +240,30 @@ class ContainerStorage:
         self, *args: str | os.PathLike[str], check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return run(["buildah", *self.storage_flags, *args], check=check, timeout=timeout, env=self.env)
+
+    @property
+    def authfile(self) -> Path:
+        return Path(self.env["REGISTRY_AUTH_FILE"])
+
+    def login(
+        self, tool: str, address: str, creds: Credentials, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`podman login` or `buildah login` (`tool`) into this store's auth file, the password on stdin;
+        plain HTTP allowed unless `extra` says otherwise (a later --tls-verify wins)."""
+        prefix = self.podman_cmd() if tool == "podman" else ["buildah", *self.storage_flags]
+        cmd = [
+            *prefix,
+            "login",
+            "--authfile",
+            str(self.authfile),
+            "--tls-verify=false",
+            *extra,
+            "--username",
+            creds.username,
+            "--password-stdin",
+            address,
+        ]
+        return run(cmd, check=check, timeout=60, env=self.env, input=creds.password)
 
     def cleanup(self) -> None:
         """Remove containers and images and any mount left under the store, then the directory itself."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.cli import mounts_under, run, unmount_under
+from tests.support.cli import Credentials, mounts_under, run, unmount_under
 
 DOCKER_CLIENT = "/usr/bin/docker"
 STORAGE_DRIVERS = ("overlay2", "vfs")
@@ -61,6 +61,10 @@ class DockerDaemon:
     ) -> subprocess.CompletedProcess[str]:
         return run([DOCKER_CLIENT, "-H", self.host, *args], check=check, timeout=timeout, env=self.env)
 
+    def client(self, config_dir: Path) -> DockerClient:
+        """A docker client of this daemon with its own DOCKER_CONFIG (where `docker login` keeps creds)."""
+        return DockerClient(self, config_dir)
+
     def stop(self) -> None:
         """SIGTERM dockerd (it stops its containers and its containerd), then unmount and delete its dirs."""
         if self.process.poll() is None:
@@ -86,6 +90,51 @@ class DockerDaemon:
 
     def leftover_mounts(self) -> list[str]:
         return mounts_under(self.base)
+
+
+@dataclass
+class DockerClient:
+    """/usr/bin/docker against one daemon, with a private config dir: logins stay in the test."""
+
+    daemon: DockerDaemon
+    config_dir: Path
+
+    def __post_init__(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        self.env["DOCKER_CONFIG"] = str(self.config_dir)
+
+    def __call__(
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            [DOCKER_CLIENT, "-H", self.daemon.host, *args],
+            check=check,
+            timeout=timeout,
+            env=self.env,
+            input=input,
+        )
+
+    def login(
+        self, address: str, creds: Credentials, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self(
+            "login",
+            "--username",
+            creds.username,
+            "--password-stdin",
+            address,
+            check=check,
+            timeout=60,
+            input=creds.password,
+        )
+
+    def logout(self, address: str) -> subprocess.CompletedProcess[str]:
+        return self("logout", address, timeout=60)
 
 
 def _kill_pidfile(pidfile: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
 
     @property
     def address(self) -> str:
@@ -37,7 +39,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -73,9 +75,15 @@ def start_server(
     extra_args: list[str] | None = None,
     timeout: float = 60.0,
     auth: bool = False,
+    cafile: Path | None = None,
 ) -> ServerProcess:
     """Start `shipyard serve`. Without `auth`, it runs with --insecure-no-auth (protocol and fault tests);
-    with it, as users run it (pass SHIPYARD_ADMIN_PASSWORD in `extra_env` to know the admin's password)."""
+    with it, as users run it (pass SHIPYARD_ADMIN_PASSWORD in `extra_env` to know the admin's password).
+
+    With `cafile` the server serves HTTPS (pass --tls-cert/--tls-key in `extra_args`): the readiness probe
+    then asks https://HOST:PORT/v2/ and verifies the server's certificate against `cafile`."""
+    scheme = "https" if cafile is not None else "http"
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile is not None else None
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
@@ -98,13 +106,13 @@ def start_server(
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = ServerProcess(host, port, data_dir, process, log_path, env)
+    server = ServerProcess(host, port, data_dir, process, log_path, env, scheme)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"shipyard serve exited with {process.returncode}:\n{server.log()}")
         try:
-            with urllib.request.urlopen(f"{server.url}/v2/", timeout=2) as response:
+            with urllib.request.urlopen(f"{server.url}/v2/", timeout=2, context=context) as response:
                 if response.status == 200:
                     return server
         except urllib.error.HTTPError as exc:

@@ -87,6 +87,8 @@ class TokenIdentity(Identity):
     # set when the request carried a valid registry token (an anonymous one counts)
     has_token: bool = False
     principal_id: int | None = None
+    # the client address, for the audit log
+    source: str | None = None
 
 
 class IdentityService:
@@ -297,6 +299,7 @@ class TokenAccess:
             access=claims.access,
             has_token=True,
             principal_id=pid if isinstance(pid, int) else None,
+            source=source,
         )
 
     def require_authenticated(self, identity: Identity) -> None:
@@ -321,11 +324,11 @@ class TokenAccess:
         scope = (
             "registry:catalog:*" if repository is None else f"repository:{repository}:{_challenge(action)}"
         )
-        if isinstance(identity, TokenIdentity) and identity.access:
+        if isinstance(identity, TokenIdentity) and identity.has_token:
             self.identity.audit(
                 "access-denied",
                 principal=identity.subject or "anonymous",
-                source=None,
+                source=identity.source,
                 action=f"{action} {repository or 'catalog'}",
                 reason="token does not grant this action",
             )
