@@ -2,11 +2,13 @@
 # Debian packages the test suite drives for real. Installed only when running as root and missing.
 set -euo pipefail
 
-packages=(skopeo podman buildah runc umoci docker.io busybox-static uidmap postgresql)
+packages=(skopeo podman buildah runc umoci docker.io busybox-static uidmap postgresql iproute2
+          docker-registry nginx-light wrk hey curl)
 # the tool each package provides, to tell whether it is there
 declare -A provides=(
   [skopeo]=skopeo [podman]=podman [buildah]=buildah [runc]=runc [umoci]=umoci
-  [docker.io]=dockerd [busybox-static]=busybox [uidmap]=newuidmap [postgresql]=initdb
+  [docker.io]=dockerd [busybox-static]=busybox [uidmap]=newuidmap [postgresql]=initdb [iproute2]=ip
+  [docker-registry]=docker-registry [nginx-light]=nginx [wrk]=wrk [hey]=hey [curl]=curl
 )
 
 missing=()
@@ -29,6 +31,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the tests start their own instances
-for service in docker containerd postgresql; do
+for service in docker containerd postgresql nginx docker-registry; do
   (systemctl stop "$service" || service "$service" stop) >/dev/null 2>&1 || true
 done

@@ -745,3 +745,32 @@ def test_manifests_endpoint_rejects_other_methods(registry: Registry) -> None:
     push_image(registry.client, repo, "v1")
     for method in ("POST", "PATCH"):
         assert_error(registry.client.request(method, f"/v2/{repo}/manifests/v1"), 405, "UNSUPPORTED")
+
+
+def test_concurrent_puts_of_one_new_manifest_all_succeed(registry: Registry) -> None:
+    """Eight clients push the same new manifest under eight tags at once: every PUT is a 201."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = unique_repo("race")
+    config = push_blob(registry.client, name, b'{"os":"linux"}')
+    layer = push_blob(registry.client, name, b"race layer")
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 14},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 10}],
+        }
+    ).encode()
+
+    def put(i: int) -> int:
+        response = registry.client.put(
+            f"/v2/{name}/manifests/t{i}", content=body, headers={"content-type": OCI_MANIFEST}
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put, range(8)))
+    assert statuses == [201] * 8
+    tags = registry.client.get(f"/v2/{name}/tags/list").json()["tags"]
+    assert tags == [f"t{i}" for i in range(8)]

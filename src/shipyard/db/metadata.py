@@ -195,6 +195,10 @@ class MetadataStore:
         now = utcnow()
         with write_transaction(self.engine) as conn:
             repository_id = self._ensure_repository(conn, repository)
+            if self._dialect == "postgresql":
+                # pushes of one repository's manifests take turns (SQLite's BEGIN IMMEDIATE already
+                # does): two concurrent PUTs of the same new manifest would both insert it
+                conn.execute(select(Repository.id).where(Repository.id == repository_id).with_for_update())
             self._check_references(conn, repository_id, manifest)
             manifest_id = conn.execute(
                 select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
