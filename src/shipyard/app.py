@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from shipyard.api.asgi import ShipyardASGI
 from shipyard.api.auth import AuthApi
+from shipyard.api.management import ManagementApi
 from shipyard.api.oci.context import Context
 from shipyard.auth.keys import KeyRing
 from shipyard.config import Settings, load_settings
@@ -21,6 +22,7 @@ from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.services.access import AccessPolicy, AnonymousAccess
+from shipyard.services.accounts import AccountService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
 from shipyard.services.registry import RegistryService
 from shipyard.storage.base import BlobStore
@@ -135,6 +137,11 @@ def build(
     asgi = ShipyardASGI(
         context,
         auth=None if identity is None else AuthApi(identity, executor),
+        management=(
+            None
+            if identity is None
+            else ManagementApi(identity, AccountService(identity.accounts, metadata), executor)
+        ),
         on_startup=[periodic.start],
         on_shutdown=[periodic.stop, registry.pulls.flush],
     )

@@ -6,13 +6,20 @@ import logging
 from collections.abc import Callable
 
 from shipyard.api.auth import AuthApi
-from shipyard.api.errors import NO_SUCH_ENDPOINT
+from shipyard.api.errors import NO_SUCH_ENDPOINT, error_body
 from shipyard.api.http import JSON, respond
+from shipyard.api.management import PREFIX as MANAGEMENT_PREFIX
+from shipyard.api.management import ManagementApi
 from shipyard.api.oci.context import Context
 from shipyard.api.oci.router import OciApi
 from shipyard.api.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
+
+MANAGEMENT_OFF = error_body(
+    "UNAVAILABLE",
+    "the management API needs authentication, and this registry runs with --insecure-no-auth",
+)
 
 
 class ShipyardASGI:
@@ -21,12 +28,14 @@ class ShipyardASGI:
         context: Context,
         *,
         auth: AuthApi | None = None,
+        management: ManagementApi | None = None,
         on_startup: list[Callable[[], object]] | None = None,
         on_shutdown: list[Callable[[], object]] | None = None,
     ) -> None:
         self.context = context
         self.oci = OciApi(context)
         self.auth = auth
+        self.management = management
         self.on_startup = on_startup or []
         self.on_shutdown = on_shutdown or []
 
@@ -38,6 +47,11 @@ class ShipyardASGI:
                 await self.oci(scope, receive, send)
             elif self.auth is not None and self.auth.handles(path):
                 await self.auth(scope, receive, send)
+            elif path.startswith(MANAGEMENT_PREFIX):
+                if self.management is None:
+                    await respond(send, 503, {"content-type": JSON}, MANAGEMENT_OFF)
+                else:
+                    await self.management(scope, receive, send)
             else:
                 await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
         elif kind == "lifespan":

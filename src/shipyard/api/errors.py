@@ -22,6 +22,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "UNSUPPORTED": 405,
     "TOOMANYREQUESTS": 429,
     "UNKNOWN": 500,
+    # the management API's codes (not the distribution spec's)
+    "NOT_FOUND": 404,
+    "CONFLICT": 409,
 }
 
 # Errors whose status is more specific than their code's.

@@ -1,4 +1,4 @@
-"""The `shipyard` command: serve, migrate, config check, purge-uploads."""
+"""The `shipyard` command: serve, migrate, config check, purge-uploads, and the management commands."""
 
 from __future__ import annotations
 
@@ -312,6 +312,10 @@ def parser() -> argparse.ArgumentParser:
     lp.add_argument("--cacert", type=Path, help="CA certificate to trust")
     lp.add_argument("-q", "--quiet", action="store_true", help="print only the password")
     lp.set_defaults(func=cmd_login_password)
+
+    from shipyard.cli.manage import register
+
+    register(sub)
     return top
 
 

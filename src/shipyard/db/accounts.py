@@ -44,6 +44,7 @@ _PRINCIPAL_COLUMNS = (
     Principal.created_at,
     Principal.description,
     Account.disabled.label("account_disabled"),
+    Principal.owner_id,
     Principal.secret_hash,
 )
 
@@ -60,6 +61,7 @@ def _principal(r: Any) -> PrincipalRecord:
         created_at=_aware(r.created_at),
         description=r.description,
         account_disabled=bool(r.account_disabled),
+        owner_id=None if r.owner_id is None else int(r.owner_id),
     )
 
 

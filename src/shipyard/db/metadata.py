@@ -359,6 +359,31 @@ class MetadataStore:
                 [{"manifest_id": k, "pulled_at": v} for k, v in pulls.items()],
             )
 
+    # -- repositories (management) -----------------------------------------------------------
+
+    def create_repository(self, repository: str) -> bool:
+        """Register an empty repository; False when it exists already."""
+        with write_transaction(self.engine) as conn:
+            if self._repository_id(conn, repository) is not None:
+                return False
+            self._ensure_repository(conn, repository)
+            return True
+
+    def delete_repository(self, repository: str) -> bool:
+        """Remove a repository's tags, manifests and blob links (the blobs stay for GC)."""
+        with write_transaction(self.engine) as conn:
+            repository_id = self._repository_id(conn, repository)
+            if repository_id is None:
+                return False
+            manifests = select(Manifest.id).where(Manifest.repository_id == repository_id)
+            conn.execute(delete(Tag).where(Tag.repository_id == repository_id))
+            conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id.in_(manifests)))
+            conn.execute(delete(ManifestChild).where(ManifestChild.manifest_id.in_(manifests)))
+            conn.execute(delete(Manifest).where(Manifest.repository_id == repository_id))
+            conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id == repository_id))
+            conn.execute(delete(Repository).where(Repository.id == repository_id))
+            return True
+
     # -- listing -----------------------------------------------------------------------------
 
     def repository_exists(self, repository: str) -> bool:

@@ -55,6 +55,8 @@ class PrincipalRecord:
     created_at: datetime
     description: str | None = None
     account_disabled: bool = False
+    # an access key's user: the key acts with that user's role
+    owner_id: int | None = None
 
     @property
     def active(self) -> bool:

@@ -1,0 +1,326 @@
+"""Management commands (accounts, users, robots, access-keys, repos, whoami): clients of the REST API
+under /api/v1/ of a running registry."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import json
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+Command = Callable[["Client", argparse.Namespace], Any]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+
+
+class Client:
+    def __init__(self, registry: str, user: str, password: str, cacert: Path | None) -> None:
+        self.base = registry.rstrip("/")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"authorization": f"Basic {token}", "accept": "application/json"}
+        self.context = ssl.create_default_context(cafile=str(cacert)) if cacert else None
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = dict(self.headers)
+        if data is not None:
+            headers["content-type"] = "application/json"
+        request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, _message(exc.read())) from None
+        except urllib.error.URLError as exc:
+            raise ApiError(0, f"cannot reach {self.base}: {exc.reason}") from None
+        return json.loads(raw) if raw else None
+
+
+def _message(raw: bytes) -> str:
+    try:
+        errors = json.loads(raw)["errors"]
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+    except (ValueError, KeyError, TypeError):
+        return raw.decode(errors="replace")[:500]
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _repo_path(name: str) -> str:
+    return "/".join(_q(part) for part in name.split("/"))
+
+
+# -- output ------------------------------------------------------------------------------------
+
+PRINCIPAL_COLUMNS = ("login", "role", "disabled", "description", "created_at")
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column)
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, dict):
+            return " ".join(f"{k}:{','.join(v)}" for k, v in value.items())
+        return "" if value is None else str(value)
+
+    cells = [[cell(row, c) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _show(args: argparse.Namespace, document: Any, key: str | None, columns: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return
+    if document is None:
+        print("done")
+        return
+    rows = document[key] if key else [document]
+    print(table(rows, columns))
+    if isinstance(document, dict) and document.get("secret"):
+        print(
+            f"\nsecret for {document['login']}:\n    {document['secret']}\n"
+            "WARNING: store it now; it will not be shown again.",
+        )
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _principals(kind: str) -> dict[str, Command]:
+    base = {"users": "users", "robots": "robots"}[kind]
+
+    def path(args: argparse.Namespace) -> str:
+        return f"/api/v1/accounts/{_q(args.account)}/{base}"
+
+    def create(c: Client, a: argparse.Namespace) -> Any:
+        body: dict[str, Any] = {"name": a.name, "role": a.role}
+        if kind == "robots" and a.description:
+            body["description"] = a.description
+        if kind == "users" and a.password_env:
+            body["password"] = os.environ[a.password_env]
+        return c.call("POST", path(a), body)
+
+    def login_of(a: argparse.Namespace) -> str:
+        return f"{a.account}+{a.name}" if kind == "robots" else a.name
+
+    return {
+        "list": lambda c, a: c.call("GET", path(a)),
+        "create": create,
+        "delete": lambda c, a: c.call("DELETE", f"{path(a)}/{_q(a.name)}"),
+        "disable": lambda c, a: c.call("PATCH", f"{path(a)}/{_q(a.name)}", {"disabled": not a.enable}),
+        "role": lambda c, a: c.call("PATCH", f"{path(a)}/{_q(a.name)}", {"role": a.role}),
+        "reset-secret": lambda c, a: c.call("PATCH", f"{path(a)}/{_q(a.name)}", {"reset_secret": True}),
+        "revoke": lambda c, a: c.call(
+            "POST", f"/api/v1/accounts/{_q(a.account)}/principals/{_q(login_of(a))}/revoke"
+        ),
+    }
+
+
+def _split(name: str) -> tuple[str, str]:
+    account, sep, rest = name.partition("/")
+    if not sep or not rest:
+        raise ApiError(0, f"a repository name is ACCOUNT/NAME, not {name!r}")
+    return account, rest
+
+
+COMMANDS: dict[str, dict[str, Command]] = {
+    "whoami": {"": lambda c, a: c.call("GET", "/api/v1/whoami")},
+    "accounts": {
+        "list": lambda c, a: c.call("GET", "/api/v1/accounts"),
+        "create": lambda c, a: c.call("POST", "/api/v1/accounts", {"name": a.name}),
+        "delete": lambda c, a: c.call("DELETE", f"/api/v1/accounts/{_q(a.name)}"),
+        "disable": lambda c, a: c.call("PATCH", f"/api/v1/accounts/{_q(a.name)}", {"disabled": not a.enable}),
+    },
+    "users": _principals("users"),
+    "robots": _principals("robots"),
+    "access-keys": {
+        "list": lambda c, a: c.call("GET", f"/api/v1/accounts/{_q(a.account)}/access-keys"),
+        "create": lambda c, a: c.call(
+            "POST", f"/api/v1/accounts/{_q(a.account)}/access-keys", {"description": a.description}
+        ),
+        "delete": lambda c, a: c.call(
+            "DELETE", f"/api/v1/accounts/{_q(a.account)}/access-keys/{_q(a.key_id)}"
+        ),
+    },
+    "repos": {
+        "list": lambda c, a: c.call("GET", f"/api/v1/accounts/{_q(a.account)}/repositories"),
+        "create": lambda c, a: c.call(
+            "POST",
+            f"/api/v1/accounts/{_q(_split(a.name)[0])}/repositories",
+            {"name": _split(a.name)[1], "visibility": "public" if a.public else "private"},
+        ),
+        "show": lambda c, a: c.call("GET", f"/api/v1/repositories/{_repo_path(a.name)}"),
+        "delete": lambda c, a: c.call("DELETE", f"/api/v1/repositories/{_repo_path(a.name)}"),
+        "visibility": lambda c, a: c.call(
+            "PATCH", f"/api/v1/repositories/{_repo_path(a.name)}", {"visibility": a.visibility}
+        ),
+        "grant": lambda c, a: c.call(
+            "PUT",
+            f"/api/v1/repositories/{_repo_path(a.name)}/policies/{_q(a.account)}",
+            {"actions": ["pull", "push"] if a.push else ["pull"]},
+        ),
+        "revoke": lambda c, a: c.call(
+            "DELETE", f"/api/v1/repositories/{_repo_path(a.name)}/policies/{_q(a.account)}"
+        ),
+    },
+}
+
+# (group, action) -> (key of the list in the document, columns)
+OUTPUT: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "whoami": (None, ("login", "account", "kind", "role", "superuser")),
+    "accounts": ("accounts", ("name", "disabled", "created_at")),
+    "users": ("users", PRINCIPAL_COLUMNS),
+    "robots": ("robots", PRINCIPAL_COLUMNS),
+    "access-keys": ("access_keys", PRINCIPAL_COLUMNS),
+    "repos": ("repositories", ("name", "visibility", "policies", "actions")),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    registry = args.registry or os.environ.get("SHIPYARD_REGISTRY")
+    if not registry:
+        print("shipyard: give --registry URL or set SHIPYARD_REGISTRY", file=sys.stderr)
+        return 2
+    user = args.user or os.environ.get("SHIPYARD_USER")
+    if not user:
+        print("shipyard: give -u/--user or set SHIPYARD_USER", file=sys.stderr)
+        return 2
+    password = os.environ.get("SHIPYARD_PASSWORD") or getpass.getpass(f"password for {user}: ")
+    client = Client(registry, user, password, args.cacert)
+    action = getattr(args, "action", "") or ""
+    try:
+        document = COMMANDS[args.command][action](client, args)
+    except ApiError as exc:
+        print(f"shipyard: {exc}", file=sys.stderr)
+        return 1
+    key, columns = OUTPUT[args.command]
+    _show(args, document, key if action == "list" else None, columns)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the management commands to the top-level subparsers of `shipyard`."""
+
+    def connection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--registry", help="registry URL, e.g. https://127.0.0.1:5000 (or SHIPYARD_REGISTRY)")
+        p.add_argument("-u", "--user", help="login: user, access key id or robot (or SHIPYARD_USER)")
+        p.add_argument("--cacert", type=Path, help="CA certificate to trust for HTTPS")
+        p.add_argument("--json", action="store_true", help="print the API's JSON")
+        p.set_defaults(func=run)
+
+    def group(name: str, text: str) -> Any:
+        parser = sub.add_parser(
+            name, help=text, description=f"{text}. The password comes from SHIPYARD_PASSWORD, else a prompt."
+        )
+        return parser.add_subparsers(dest="action", required=True)
+
+    whoami = sub.add_parser("whoami", help="show who the credentials log in as")
+    connection(whoami)
+
+    accounts = group("accounts", "manage accounts (registry administrators)")
+    connection(accounts.add_parser("list", help="list accounts"))
+    for action, text in (("create", "create an account"), ("delete", "delete an account")):
+        p = accounts.add_parser(action, help=text)
+        p.add_argument("name")
+        connection(p)
+    p = accounts.add_parser("disable", help="disable an account (its members cannot log in)")
+    p.add_argument("name")
+    p.add_argument("--enable", action="store_true", help="enable it again")
+    connection(p)
+
+    for kind, text in (("users", "user"), ("robots", "robot account")):
+        roles = ["admin", "writer", "reader"] if kind == "users" else ["writer", "reader"]
+        g = group(kind, f"manage {text}s of an account")
+        p = g.add_parser("list", help=f"list {text}s")
+        p.add_argument("account")
+        connection(p)
+        p = g.add_parser("create", help=f"create a {text}; prints its secret once")
+        p.add_argument("account")
+        p.add_argument("name")
+        p.add_argument("--role", choices=roles, default="reader")
+        if kind == "users":
+            p.add_argument(
+                "--password-env",
+                metavar="VAR",
+                help="take the password from this variable (default: generate)",
+            )
+        else:
+            p.add_argument("--description")
+        connection(p)
+        for action, help_text in (
+            ("delete", f"delete a {text}"),
+            ("reset-secret", "give it a new secret (printed once)"),
+            ("revoke", "invalidate its login passwords"),
+        ):
+            p = g.add_parser(action, help=help_text)
+            p.add_argument("account")
+            p.add_argument("name")
+            connection(p)
+        p = g.add_parser("disable", help=f"disable a {text}")
+        p.add_argument("account")
+        p.add_argument("name")
+        p.add_argument("--enable", action="store_true", help="enable it again")
+        connection(p)
+        p = g.add_parser("role", help="change the role")
+        p.add_argument("account")
+        p.add_argument("name")
+        p.add_argument("role", choices=roles)
+        connection(p)
+
+    keys = group("access-keys", "manage access keys (your own; an account admin sees all)")
+    p = keys.add_parser("list", help="list access keys")
+    p.add_argument("account")
+    connection(p)
+    p = keys.add_parser("create", help="create an access key of yours; prints its secret once")
+    p.add_argument("account")
+    p.add_argument("--description")
+    connection(p)
+    p = keys.add_parser("delete", help="delete an access key")
+    p.add_argument("account")
+    p.add_argument("key_id")
+    connection(p)
+
+    repos = group("repos", "manage repositories, their visibility and policies")
+    p = repos.add_parser("list", help="list an account's repositories you may pull")
+    p.add_argument("account")
+    connection(p)
+    p = repos.add_parser("create", help="create an empty repository ACCOUNT/NAME")
+    p.add_argument("name")
+    p.add_argument("--public", action="store_true", help="anyone may pull")
+    connection(p)
+    for action, text in (("show", "show a repository"), ("delete", "delete a repository and its content")):
+        p = repos.add_parser(action, help=text)
+        p.add_argument("name")
+        connection(p)
+    p = repos.add_parser("visibility", help="make a repository private or public")
+    p.add_argument("name")
+    p.add_argument("visibility", choices=["private", "public"])
+    connection(p)
+    p = repos.add_parser("grant", help="let another account pull (and with --push, push)")
+    p.add_argument("name")
+    p.add_argument("account")
+    p.add_argument("--push", action="store_true")
+    connection(p)
+    p = repos.add_parser("revoke", help="remove another account's policy")
+    p.add_argument("name")
+    p.add_argument("account")
+    connection(p)

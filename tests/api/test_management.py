@@ -1,0 +1,256 @@
+"""The management REST API against a real `shipyard serve` with authentication on: accounts, users,
+access keys, robots, repositories, visibility and policies, and what each lets its holder push and pull."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shipyard.api.management import ROUTES
+from tests.api.helpers import push_image
+from tests.support.server import ServerProcess, start_server
+
+ADMIN_PASSWORD = "management-admin-pw"
+ADMIN = ("admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data_dir = tmp_path_factory.mktemp("management") / "data"
+    process = start_server(data_dir, auth=True, extra_env={"SHIPYARD_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def token(api: httpx.Client, creds: tuple[str, str] | None, scope: str) -> str:
+    r = api.get("/token", params={"service": "shipyard", "scope": scope}, auth=creds)
+    assert r.status_code == 200, r.text
+    value: str = r.json()["token"]
+    return value
+
+
+def registry(server: ServerProcess, bearer: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30, headers={"authorization": f"Bearer {bearer}"})
+
+
+def can_push(api: httpx.Client, server: ServerProcess, creds: tuple[str, str] | None, repo: str) -> bool:
+    with registry(server, token(api, creds, f"repository:{repo}:pull,push")) as client:
+        r = client.post(f"/v2/{repo}/blobs/uploads/")
+        if r.status_code == 401:
+            return False
+        push_image(client, repo, "latest")
+        return True
+
+
+def pull_status(api: httpx.Client, server: ServerProcess, creds: tuple[str, str] | None, repo: str) -> int:
+    with registry(server, token(api, creds, f"repository:{repo}:pull")) as client:
+        return client.get(
+            f"/v2/{repo}/manifests/latest", headers={"accept": "application/vnd.oci.image.manifest.v1+json"}
+        ).status_code
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json() if response.content else None
+
+
+def error_code(response: httpx.Response) -> str:
+    code: str = response.json()["errors"][0]["code"]
+    return code
+
+
+def test_the_whole_flow(api: httpx.Client, server: ServerProcess) -> None:
+    assert ok(api.get("/api/v1/whoami", auth=ADMIN))["superuser"] is True
+    assert ok(api.post("/api/v1/accounts", auth=ADMIN, json={"name": "acme"}), 201)["name"] == "acme"
+    ok(api.post("/api/v1/accounts", auth=ADMIN, json={"name": "beta"}), 201)
+
+    # an account admin, a writer, a reader, a robot, and the writer's access key
+    acme_admin = ok(
+        api.post("/api/v1/accounts/acme/users", auth=ADMIN, json={"name": "acme-boss", "role": "admin"}), 201
+    )
+    boss = ("acme-boss", acme_admin["secret"])
+    assert "not be shown again" in acme_admin["warning"]
+    writer = ok(
+        api.post("/api/v1/accounts/acme/users", auth=boss, json={"name": "dev", "role": "writer"}), 201
+    )
+    dev = ("dev", writer["secret"])
+    ok(
+        api.post(
+            "/api/v1/accounts/acme/users",
+            auth=boss,
+            json={"name": "viewer", "role": "reader", "password": "viewer-password"},
+        ),
+        201,
+    )
+    viewer = ("viewer", "viewer-password")
+    robot = ok(
+        api.post("/api/v1/accounts/acme/robots", auth=boss, json={"name": "ci", "role": "writer"}), 201
+    )
+    assert robot["login"] == "acme+ci" and robot["name"] == "ci"
+    ci = (robot["login"], robot["secret"])
+    key = ok(api.post("/api/v1/accounts/acme/access-keys", auth=dev, json={"description": "laptop"}), 201)
+    assert key["role"] == "writer" and key["kind"] == "access_key"
+    dev_key = (key["login"], key["secret"])
+    beta_user = ok(api.post("/api/v1/accounts/beta/users", auth=ADMIN, json={"name": "beta-dev"}), 201)
+    beta = ("beta-dev", beta_user["secret"])
+
+    # secrets are shown once: no listing carries one
+    for path in ("users", "robots", "access-keys"):
+        listing = ok(api.get(f"/api/v1/accounts/acme/{path}", auth=boss))
+        text = json.dumps(listing)
+        assert "secret" not in text and writer["secret"] not in text and key["secret"] not in text
+    logins = [u["login"] for u in ok(api.get("/api/v1/accounts/acme/users", auth=dev))["users"]]
+    assert logins == ["acme-boss", "dev", "viewer"]
+
+    # push and pull as each role allows
+    assert can_push(api, server, dev, "acme/app")
+    assert can_push(api, server, ci, "acme/ci-built")
+    assert can_push(api, server, dev_key, "acme/from-key")
+    assert not can_push(api, server, viewer, "acme/app")
+    assert not can_push(api, server, beta, "acme/app")
+    assert pull_status(api, server, viewer, "acme/app") == 200
+    assert pull_status(api, server, beta, "acme/app") == 401
+    assert pull_status(api, server, None, "acme/app") == 401
+
+    # a policy lets beta pull (not push); public visibility lets anyone pull
+    repo = ok(api.put("/api/v1/repositories/acme/app/policies/beta", auth=boss, json={"actions": ["pull"]}))
+    assert repo["policies"] == {"beta": ["pull"]}
+    assert pull_status(api, server, beta, "acme/app") == 200
+    assert not can_push(api, server, beta, "acme/app")
+    ok(api.delete("/api/v1/repositories/acme/app/policies/beta", auth=boss), 204)
+    assert pull_status(api, server, beta, "acme/app") == 401
+    assert (
+        ok(api.patch("/api/v1/repositories/acme/app", auth=boss, json={"visibility": "public"}))["visibility"]
+        == "public"
+    )
+    assert pull_status(api, server, None, "acme/app") == 200
+    assert ok(api.get("/api/v1/repositories/acme/app", auth=beta))["actions"] == ["pull"]
+
+    names = [
+        r["name"] for r in ok(api.get("/api/v1/accounts/acme/repositories", auth=viewer))["repositories"]
+    ]
+    assert names == ["acme/app", "acme/ci-built", "acme/from-key"]
+    names = [r["name"] for r in ok(api.get("/api/v1/accounts/acme/repositories", auth=beta))["repositories"]]
+    assert names == ["acme/app"]
+
+    # a login password works for the management API, until it is revoked
+    lp = ok(api.post("/api/v1/auth/login-password", auth=dev))
+    assert ok(api.get("/api/v1/whoami", auth=(lp["username"], lp["password"])))["login"] == "dev"
+    ok(api.post("/api/v1/accounts/acme/principals/dev/revoke", auth=dev))
+    assert api.get("/api/v1/whoami", auth=(lp["username"], lp["password"])).status_code == 401
+
+    # disabling a user cuts off its password, its login passwords and its access keys
+    lp = ok(api.post("/api/v1/auth/login-password", auth=dev))
+    assert ok(api.patch("/api/v1/accounts/acme/users/dev", auth=boss, json={"disabled": True}))["disabled"]
+    for creds in (dev, dev_key, (lp["username"], lp["password"])):
+        r = api.get("/token", params={"service": "shipyard"}, auth=creds)
+        assert r.status_code == 401, creds
+    ok(api.patch("/api/v1/accounts/acme/users/dev", auth=boss, json={"disabled": False}))
+    assert can_push(api, server, dev, "acme/app")
+
+    # robots: a new secret replaces the old one
+    renewed = ok(api.patch("/api/v1/accounts/acme/robots/ci", auth=boss, json={"reset_secret": True}))
+    assert api.get("/api/v1/whoami", auth=ci).status_code == 401
+    assert ok(api.get("/api/v1/whoami", auth=(ci[0], renewed["secret"])))["login"] == "acme+ci"
+
+    # repositories: create empty, delete with everything in it
+    created = ok(api.post("/api/v1/accounts/acme/repositories", auth=boss, json={"name": "empty"}), 201)
+    assert created == {
+        "name": "acme/empty",
+        "visibility": "private",
+        "policies": {},
+        "actions": ["delete", "pull", "push"],
+    }
+    assert error_code(api.post("/api/v1/accounts/acme/repositories", auth=boss, json={"name": "empty"})) == (
+        "CONFLICT"
+    )
+    ok(api.delete("/api/v1/repositories/acme/app", auth=boss), 204)
+    assert pull_status(api, server, None, "acme/app") == 401  # no longer public, and gone
+    assert pull_status(api, server, boss, "acme/app") == 404
+    assert api.get("/api/v1/repositories/acme/app", auth=boss).status_code == 404
+
+    # deleting an access key and a robot cuts them off
+    ok(api.delete(f"/api/v1/accounts/acme/access-keys/{dev_key[0]}", auth=dev), 204)
+    assert api.get("/api/v1/whoami", auth=dev_key).status_code == 401
+    ok(api.delete("/api/v1/accounts/acme/robots/ci", auth=boss), 204)
+    assert api.get("/api/v1/whoami", auth=(ci[0], renewed["secret"])).status_code == 401
+
+
+def test_errors_and_statuses(api: httpx.Client) -> None:
+    ok(api.post("/api/v1/accounts", auth=ADMIN, json={"name": "gamma"}), 201)
+    member = ok(
+        api.post("/api/v1/accounts/gamma/users", auth=ADMIN, json={"name": "gamma-rw", "role": "writer"}), 201
+    )
+    gamma = ("gamma-rw", member["secret"])
+    r = api.get("/api/v1/accounts")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="shipyard"'
+    assert error_code(r) == "UNAUTHORIZED"
+    r = api.get("/api/v1/accounts", auth=("admin", "wrong"))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="shipyard"'
+    r = api.get("/api/v1/accounts", headers={"authorization": "Bearer abc"})
+    assert r.status_code == 401
+    assert api.post("/api/v1/accounts", auth=gamma, json={"name": "mine"}).status_code == 403
+    assert api.post("/api/v1/accounts/gamma/users", auth=gamma, json={"name": "x"}).status_code == 403
+    assert api.get("/api/v1/accounts/admin", auth=gamma).status_code == 404
+    assert api.post("/api/v1/accounts", auth=ADMIN, json={"name": "gamma"}).status_code == 409
+    assert api.post("/api/v1/accounts", auth=ADMIN, json={"name": "Not Valid"}).status_code == 400
+    assert api.post("/api/v1/accounts", auth=ADMIN, json={}).status_code == 400
+    assert api.post("/api/v1/accounts", auth=ADMIN, content=b"{not json").status_code == 400
+    assert api.post("/api/v1/accounts", auth=ADMIN, json=["name"]).status_code == 400
+    r = api.post("/api/v1/accounts/gamma/users", auth=ADMIN, json={"name": "y", "role": "owner"})
+    assert r.status_code == 400
+    assert api.patch("/api/v1/accounts/gamma", auth=ADMIN, json={"disabled": "yes"}).status_code == 400
+    assert api.get("/api/v1/nothing-here", auth=ADMIN).status_code == 404
+    assert api.put("/api/v1/accounts", auth=ADMIN).status_code == 405
+    # a disabled account's members cannot log in
+    ok(api.patch("/api/v1/accounts/gamma", auth=ADMIN, json={"disabled": True}))
+    assert api.get("/api/v1/whoami", auth=gamma).status_code == 401
+    ok(api.patch("/api/v1/accounts/gamma", auth=ADMIN, json={"disabled": False}))
+    assert api.get("/api/v1/whoami", auth=gamma).status_code == 200
+    ok(api.delete("/api/v1/accounts/gamma", auth=ADMIN), 204)
+    assert api.get("/api/v1/whoami", auth=gamma).status_code == 401
+
+
+def _documented(template: str) -> str:
+    return template.replace("...}", "}")
+
+
+def test_the_openapi_document_lists_every_route(api: httpx.Client) -> None:
+    r = api.get("/api/v1/openapi.json")  # no credentials needed
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    document = json.loads(r.content)
+    assert document["openapi"].startswith("3.1")
+    documented = {
+        (method.upper(), path) for path, operations in document["paths"].items() for method in operations
+    }
+    routed = {(route.method, _documented(route.template)) for route in ROUTES}
+    # served outside the router: the document itself, and the login-password endpoint of api/auth.py
+    routed |= {("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/auth/login-password")}
+    assert documented == routed
+    # every $ref resolves
+    text = json.dumps(document)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/')[1:]}:
+        node: Any = document
+        for key in ref.split("/"):
+            node = node[key]
+
+
+def test_without_authentication_the_management_api_is_unavailable(tmp_path: Path) -> None:
+    process = start_server(tmp_path / "data")
+    try:
+        r = httpx.get(f"{process.url}/api/v1/accounts", timeout=30)
+        assert r.status_code == 503
+        assert "--insecure-no-auth" in r.json()["errors"][0]["message"]
+    finally:
+        process.stop()
