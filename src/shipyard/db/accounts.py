@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
@@ -10,6 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from shipyard.db.engine import read_transaction, write_transaction
+from shipyard.db.metadata import _aware, utcnow
 from shipyard.db.models import Account, AuditEvent, Principal, RepositoryPolicy, RepositorySettings
 from shipyard.domain.accounts import AccountRecord, PrincipalRecord, RepositoryAccess
 from shipyard.domain.errors import RegistryError
@@ -23,14 +23,6 @@ class Conflict(RegistryError):
 class NotFound(RegistryError):
     code = "NOT_FOUND"
     message = "not found"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 _PRINCIPAL_COLUMNS = (
