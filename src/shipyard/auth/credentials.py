@@ -23,10 +23,6 @@ def verify_secret(stored_hash: str, secret: str) -> bool:
         return False
 
 
-def needs_rehash(stored_hash: str) -> bool:
-    return _HASHER.check_needs_rehash(stored_hash)
-
-
 def new_secret(nbytes: int = 30) -> str:
     return _random.token_urlsafe(nbytes)
 

@@ -215,12 +215,6 @@ class AccountStore:
             if not result.rowcount:
                 raise NotFound(f"no principal {login}")
 
-    def touch_principal(self, principal_id: int) -> None:
-        with write_transaction(self.engine) as conn:
-            conn.execute(update(Principal).where(Principal.id == principal_id).values(last_used_at=utcnow()))
-
-    # -- repositories --------------------------------------------------------------------------
-
     def repository_access(self, repository: str) -> RepositoryAccess:
         with read_transaction(self.engine) as conn:
             visibility = conn.execute(

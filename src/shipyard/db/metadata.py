@@ -126,10 +126,6 @@ class MetadataStore:
             ).scalars()
             return list(rows)
 
-    def blob_digests(self) -> set[str]:
-        with read_transaction(self.engine) as conn:
-            return set(conn.execute(select(Blob.digest)).scalars())
-
     def referenced_blob_digests(self) -> set[str]:
         """Every digest a stored manifest references as a config or a layer."""
         with read_transaction(self.engine) as conn:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from shipyard.auth import tokens
 from shipyard.auth.credentials import DUMMY_HASH, hash_secret, new_secret, verify_secret
 from shipyard.auth.keys import KeyRing
-from shipyard.auth.scopes import Scope, ScopeInvalid, grants, merge, parse_scopes
+from shipyard.auth.scopes import Scope, grants, merge
 from shipyard.auth.tokens import TokenRejected
 from shipyard.db.accounts import AccountStore
 from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
-from shipyard.domain.errors import Denied, NameInvalid, TooManyRequests, Unauthorized
+from shipyard.domain.errors import NameInvalid, TooManyRequests, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action, CatalogFilter, Identity
 
@@ -350,10 +350,3 @@ class TokenAccess:
 def _challenge(action: Action) -> str:
     # clients ask for pull with push; the challenge names what the request needs
     return "pull,push" if action == "push" else action
-
-
-def parse_scope_params(values: Iterable[str]) -> list[Scope]:
-    try:
-        return parse_scopes(values)
-    except ScopeInvalid as exc:
-        raise Denied(str(exc)) from None
