@@ -16,6 +16,7 @@ from bench.tools import TOOLS
 REQUIRED = {
     "shipyard": ("curl", "wrk", "hey", "skopeo"),
     "shipyard-pg": ("curl", "wrk", "hey", "skopeo"),
+    "shipyard-auth": ("wrk",),
     "distribution": ("curl", "wrk", "hey", "skopeo", "docker-registry"),
     "nginx": ("curl", "wrk", "nginx"),
 }

@@ -37,8 +37,10 @@ def sha256_digest(data: bytes) -> str:
 
 
 class Registry:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, authorization: str | None = None) -> None:
         self.url = url.rstrip("/")
+        # sent with every request when set (a registry with authentication on: "Bearer <token>")
+        self.authorization = authorization
         parts = urlsplit(self.url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -52,6 +54,11 @@ class Registry:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
             self._local.conn = conn
         return conn
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        if self.authorization is None:
+            return headers or {}
+        return {"Authorization": self.authorization, **(headers or {})}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -69,7 +76,7 @@ class Registry:
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                conn.request(method, self._path(path), body=body, headers=headers or {})
+                conn.request(method, self._path(path), body=body, headers=self._headers(headers))
                 response = conn.getresponse()
                 data = response.read()
             except (ConnectionError, http.client.HTTPException):
@@ -91,7 +98,7 @@ class Registry:
             conn = self._connection()
             try:
                 conn.putrequest(method, self._path(path), skip_accept_encoding=True)
-                for key, value in {"Content-Length": str(length), **headers}.items():
+                for key, value in self._headers({"Content-Length": str(length), **headers}).items():
                     conn.putheader(key, value)
                 conn.endheaders()
             except (ConnectionError, http.client.HTTPException):
@@ -276,3 +283,20 @@ def make_image(layers: int, seed: str, layer_bytes: int = 1024) -> ImageBlobs:
         "annotations": {"org.opencontainers.image.title": f"shipyard bench image {seed}"},
     }
     return ImageBlobs(config, layer_blobs, json.dumps(manifest, indent=3).encode())
+
+
+def fetch_token(url: str, user: str, password: str, scope: str) -> str:
+    """A registry token from Shipyard's /token endpoint (Docker token flow, Basic credentials)."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"service": "shipyard", "scope": scope})
+    request = urllib.request.Request(f"{url.rstrip('/')}/token?{query}")
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {basic}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        token = json.loads(response.read())["token"]
+    if not isinstance(token, str):
+        raise RegistryError("the token endpoint returned no token")
+    return token

@@ -8,9 +8,12 @@ from typing import Any
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-SERVER_NAMES = ("shipyard", "shipyard-pg", "distribution", "nginx")
+SERVER_NAMES = ("shipyard", "shipyard-pg", "shipyard-auth", "distribution", "nginx")
 REGISTRIES = ("shipyard", "shipyard-pg", "distribution")
 SHIPYARDS = ("shipyard", "shipyard-pg")
+# Shipyard on the embedded defaults WITH authentication: the manifest GETs carry a registry token, and
+# beside "shipyard" (the same server without authentication) they show what verifying tokens costs
+AUTH_SERVER = "shipyard-auth"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ from tests.support.server import ServerProcess, free_port, start_server
 
 from bench.procs import kill_pids, snapshot, stop_tree, tree_pids
 
+# the admin's password of the Shipyard that runs with authentication (a throw-away loopback server)
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "bench-admin-password"
+
 
 @dataclass
 class Server:
@@ -94,14 +98,19 @@ def start_shipyard(
     database_url: str | None = None,
     workers: int | None = None,
     postgres: PostgresServer | None = None,
+    auth: bool = False,
 ) -> Server:
+    """Shipyard with --insecure-no-auth, or with `auth` as users run it (the admin's password is
+    ADMIN_PASSWORD)."""
     env: dict[str, str] = {}
+    if auth:
+        env["SHIPYARD_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     if database_url:
         env["SHIPYARD_DATABASE_URL"] = database_url
     if workers:
         env["SHIPYARD_WORKERS"] = str(workers)
     data_dir = root / "data"
-    process: ServerProcess = start_server(data_dir, extra_env=env)
+    process: ServerProcess = start_server(data_dir, extra_env=env, auth=auth)
     pid = process.process.pid
     cpu_roots = [pid] + ([postgres.process.pid] if postgres is not None else [])
     return Server(
@@ -114,7 +123,7 @@ def start_shipyard(
         _stop=stop_then_reap(pid, process.stop),
         database_url=database_url or f"sqlite:///{data_dir / 'shipyard.db'}",
         log_path=process.log_path,
-        info={"workers": str(workers or 1)},
+        info={"workers": str(workers or 1), "auth": "on" if auth else "off (--insecure-no-auth)"},
     )
 
 

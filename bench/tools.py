@@ -35,6 +35,7 @@ class LoadResult:
     p99_ms: float
     requests: int
     errors: int
+    error_kinds: str = ""  # e.g. "read 1, non-2xx 2": what the errors were
 
     def to_json(self) -> dict[str, float | int]:
         return {
@@ -70,7 +71,10 @@ def wrk(
     if match is None:
         raise ToolError(f"no summary in wrk output:\n{out}")
     data = json.loads(match.group(1))
-    errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx"))
+    kinds = {
+        k: int(data[k]) for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx")
+    }
+    errors = sum(kinds.values())
     duration = data["duration_us"] / 1e6
     return LoadResult(
         requests_per_second=data["requests"] / duration if duration else 0.0,
@@ -78,6 +82,7 @@ def wrk(
         p99_ms=data["p99_us"] / 1000,
         requests=int(data["requests"]),
         errors=int(errors),
+        error_kinds=", ".join(f"{kind} {count}" for kind, count in kinds.items() if count),
     )
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import tools
-from bench.client import MANIFEST_ACCEPT, ImageBlobs, Registry, make_image, sha256_digest
-from bench.config import GiB, MiB, Sizes
-from bench.servers import Server
+from bench.client import MANIFEST_ACCEPT, ImageBlobs, Registry, fetch_token, make_image, sha256_digest
+from bench.config import AUTH_SERVER, GiB, MiB, Sizes
+from bench.servers import ADMIN_PASSWORD, ADMIN_USER, Server
 
 BLOB_REPO = "bench/blob"
 APP_REPO = "bench/app"
@@ -118,7 +118,12 @@ class Bench:
 
     @property
     def registries(self) -> list[Server]:
-        return [s for s in self.servers.values() if s.name != "nginx"]
+        """The registries every workload runs on (not the one with authentication: see seed_auth)."""
+        return [s for s in self.servers.values() if s.name not in ("nginx", AUTH_SERVER)]
+
+    def token(self, server: Server, actions: str = "pull") -> str:
+        """A fresh registry token for the manifest repository (tokens live 300 s; a run is shorter)."""
+        return fetch_token(server.url, ADMIN_USER, ADMIN_PASSWORD, f"repository:{APP_REPO}:{actions}")
 
     def present(self, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name for name in names if name in self.servers)
@@ -214,6 +219,29 @@ def seed_registries(bench: Bench) -> None:
     ]
     seconds = _parallel(len(jobs), jobs)
     log(f"  {sizes.repositories} repositories in each registry in {seconds:.1f} s")
+
+
+def seed_auth(bench: Bench) -> None:
+    """The registry with authentication gets only the manifest workloads' image, pushed with a token."""
+    assert bench.app is not None
+    server = bench.servers.get(AUTH_SERVER)
+    if server is None:
+        return
+    client = Registry(server.url, authorization=f"Bearer {bench.token(server, 'pull,push')}")
+    bench.app.push(client, APP_REPO, APP_TAG)
+    pulled = Registry(server.url, authorization=f"Bearer {bench.token(server)}")
+    response = pulled.request(
+        "GET", f"/v2/{APP_REPO}/manifests/{APP_TAG}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    if response.status != 200 or response.headers.get("docker-content-digest") != bench.app.digest:
+        raise RuntimeError(f"{server.name}: GET manifest with a token: HTTP {response.status}")
+    anonymous = Registry(server.url).request("GET", f"/v2/{APP_REPO}/manifests/{APP_TAG}")
+    if anonymous.status != 401:
+        raise RuntimeError(
+            f"{server.name}: GET manifest without a token gave HTTP {anonymous.status}, not 401"
+        )
+    client.close()
+    pulled.close()
 
 
 def check_registries(bench: Bench) -> None:
@@ -329,6 +357,8 @@ def manifest_load(method: str, reference: str, connections: int) -> Callable[[Be
         ref = APP_TAG if reference == "tag" else bench.app.digest
         url = f"{server.url}/v2/{APP_REPO}/manifests/{ref}"
         headers = {"Accept": MANIFEST_ACCEPT}
+        if server.name == AUTH_SERVER:
+            headers["Authorization"] = f"Bearer {bench.token(server)}"
         seconds = bench.sizes.load_seconds
         if method == "GET":
             result = tools.wrk(
@@ -357,7 +387,9 @@ def smallfile_load(connections: int) -> Callable[[Bench, Server, int], Metrics]:
 
 def _load_metrics(server: Server, result: tools.LoadResult) -> Metrics:
     if result.requests == 0 or result.errors > result.requests * 0.01:
-        raise RuntimeError(f"{server.name}: {result.errors} errors in {result.requests} requests")
+        raise RuntimeError(
+            f"{server.name}: {result.errors} errors ({result.error_kinds}) in {result.requests} requests"
+        )
     return {
         "rps": result.requests_per_second,
         "p50_ms": result.p50_ms,
@@ -456,13 +488,15 @@ def build_items(bench: Bench) -> list[Item]:
             bytes_moved=sizes.upload_bytes,
         ),
     ]
+    # with a token as well as without: the GETs (wrk) only, the HEADs go through hey's own overhead
+    with_auth = bench.present(("shipyard", AUTH_SERVER, "shipyard-pg", "distribution"))
     for connections in sizes.connections:
         for method in ("GET", "HEAD"):
             for reference in ("tag", "digest"):
                 items.append(
                     Item(
                         f"manifest_{method.lower()}_{reference}.c{connections}",
-                        registries,
+                        with_auth if method == "GET" else registries,
                         bind(manifest_load(method, reference, connections)),
                         cpu_per_request=True,
                         rounds=sizes.rounds_of_load,

@@ -50,6 +50,12 @@ PER_SERVER_METRICS = {
     "nginx": ["blob_get_full.mbps", "blob_get_range.mbps", "smallfile_get.c8.rps", "resources.cpu_s"],
 }
 PER_SERVER_METRICS["shipyard-pg"] = [*PER_SERVER_METRICS["shipyard"], "growth.100.fill_rows_per_s"]
+PER_SERVER_METRICS["shipyard-auth"] = [
+    "manifest_get_tag.c8.rps",
+    "manifest_get_tag.c8.p50_ms",
+    "manifest_get_digest.c8.rps",
+    "resources.peak_rss_mib",
+]
 PER_SERVER_METRICS["distribution"] = [
     m for m in PER_SERVER_METRICS["shipyard"] if not m.startswith("growth.")
 ]
@@ -94,7 +100,9 @@ def test_smoke_run_against_every_server(tmp_path: Path) -> None:
     assert meta["mode"] == "smoke"
     assert meta["cleanup_problems"] == []
     assert [note for note in meta["notes"] if " failed: " in note] == []
-    assert set(meta["servers"]) == {"shipyard", "shipyard-pg", "distribution", "nginx"}
+    assert set(meta["servers"]) == {"shipyard", "shipyard-pg", "shipyard-auth", "distribution", "nginx"}
+    assert meta["servers"]["shipyard-auth"]["auth"] == "on"
+    assert meta["servers"]["shipyard"]["auth"].startswith("off")
 
     medians = payload["medians"]
     for server, metrics in PER_SERVER_METRICS.items():
@@ -115,6 +123,13 @@ def test_smoke_run_against_every_server(tmp_path: Path) -> None:
         assert ("upload chunked vs hashlib sha256", server) in labels
         assert ("small-image push vs Distribution", server) in labels
         assert ("peak RSS of one process", server) in labels
+    token_targets = [t for t in payload["targets"] if t["server"] == "shipyard-auth"]
+    assert {t["label"] for t in token_targets} == {
+        "manifest GET by tag c=8 with a token vs without",
+        "manifest GET by digest c=8 with a token vs without",
+    }
+    assert all(t["measured"] is not None for t in token_targets)
+    assert "token verification" in payload["table"]
     for target in payload["targets"]:
         assert target["passed"] in (True, False, None)
 
