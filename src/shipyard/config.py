@@ -56,6 +56,24 @@ class Settings(BaseSettings):
         43200, ge=60, le=7 * 86400, description="lifetime of `shipyard login-password` passwords"
     )
     keys_dir: Path | None = Field(None, description="signing keys (default: DATA_DIR/keys), mode 0700/0600")
+    signing_key_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file (Ed25519, mode 0600 or stricter) with the private key that signs tokens, e.g. a "
+            "mounted secret; the keys in keys_dir then only verify. Re-read every 30 s"
+        ),
+    )
+    principal_max_age_seconds: float = Field(
+        5.0,
+        ge=0.1,
+        le=300,
+        description=(
+            "how long a disabled principal or account, or a bumped token generation, may go unnoticed: "
+            "login passwords and registry tokens are checked against an in-memory view of principals, "
+            "updated at once by changes made in the same process and refreshed from the database at "
+            "least this often for changes made by other workers or processes"
+        ),
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
 

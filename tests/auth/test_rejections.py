@@ -181,13 +181,19 @@ def test_malformed_tokens_are_rejected(auth_registry: AuthRegistry, token: str) 
 
 def issued(registry: AuthRegistry, *, now: float, lifetime: int = 300, **kw: Any) -> str:
     config = registry.identity.config
+    subject = kw.pop("subject", "alpha-writer")
+    found = registry.identity.accounts.get_principal(subject)
+    assert found is not None
+    principal = found[0]
+    extra = {"pid": principal.id, "acct": principal.account, "gen": principal.token_generation}
     token, _ = tokens.issue(
         registry.identity.keys,
         issuer=kw.pop("issuer", config.issuer),
-        subject=kw.pop("subject", "alpha-writer"),
+        subject=subject,
         audience=kw.pop("audience", config.service),
         lifetime=lifetime,
         access=kw.pop("access", [Scope("repository", REPO, frozenset({"pull"}))]),
+        extra=kw.pop("extra", extra),
         now=now,
         **kw,
     )

@@ -269,14 +269,19 @@ def test_a_login_password_needs_credentials(auth_registry: AuthRegistry) -> None
     assert r.status_code == 401
 
 
-def assert_login_password_refused(registry: AuthRegistry, password: str, reason: str) -> None:
+def assert_login_password_refused(
+    registry: AuthRegistry, password: str, reason: str, principal: str = "shipyard"
+) -> None:
+    """Refused, and audited under the principal the password names when its signature holds (else
+    under the fixed user name)."""
     marker = registry.mark()
     r = registry.token_response(login="shipyard", password=password)
     assert r.status_code == 401
     assert error_code(r) == "UNAUTHORIZED"
+    assert r.json()["errors"][0]["message"] == "invalid username or password"
     events = registry.audit_since(marker)
     assert [(e["event"], e["principal"], e["source"], e["action"]) for e in events] == [
-        ("login-failed", "shipyard", SOURCE, "login")
+        ("login-failed", principal, SOURCE, "login")
     ]
     assert reason in str(events[0]["reason"]), events
 
@@ -285,18 +290,18 @@ def test_a_login_password_stops_working_when_the_principal_is_disabled(fresh_reg
     password = login_password(fresh_registry, "alpha-writer")
     accounts = fresh_registry.identity.accounts
     accounts.update_principal("alpha-writer", disabled=True)
-    assert_login_password_refused(fresh_registry, password, "principal or account disabled")
+    assert_login_password_refused(fresh_registry, password, "principal or account disabled", "alpha-writer")
     accounts.update_principal("alpha-writer", disabled=False)
     assert fresh_registry.token_response(login="shipyard", password=password).status_code == 200
     # a disabled account, too
     accounts.set_account_disabled("alpha", True)
-    assert_login_password_refused(fresh_registry, password, "principal or account disabled")
+    assert_login_password_refused(fresh_registry, password, "principal or account disabled", "alpha-writer")
 
 
 def test_a_login_password_stops_working_when_the_generation_is_bumped(fresh_registry: AuthRegistry) -> None:
     password = login_password(fresh_registry, "beta-writer")
     fresh_registry.identity.accounts.update_principal("beta-writer", bump_generation=True)
-    assert_login_password_refused(fresh_registry, password, "token generation was bumped")
+    assert_login_password_refused(fresh_registry, password, "token generation was bumped", "beta-writer")
     fresh = login_password(fresh_registry, "beta-writer")
     assert decode(fresh)[1]["gen"] == 1
     assert fresh_registry.token_response(login="shipyard", password=fresh).status_code == 200
@@ -334,7 +339,7 @@ def test_a_tampered_login_password_is_refused(fresh_registry: AuthRegistry) -> N
 def test_a_login_password_of_a_deleted_principal_is_refused(fresh_registry: AuthRegistry) -> None:
     password = login_password(fresh_registry, "alpha-reader")
     fresh_registry.identity.accounts.delete_principal("alpha-reader")
-    assert_login_password_refused(fresh_registry, password, "principal no longer exists")
+    assert_login_password_refused(fresh_registry, password, "principal no longer exists", "alpha-reader")
 
 
 # -- failed logins ------------------------------------------------------------------------------
@@ -364,6 +369,74 @@ def test_failed_logins_are_rate_limited_per_principal_and_source(fresh_registry:
     limiter = registry.identity.limiter
     limiter._failures = {k: [t - limiter.window for t in v] for k, v in limiter._failures.items()}
     assert registry.token_response(login="alpha-writer", client=here).status_code == 200
+
+
+def test_garbage_login_passwords_from_a_source_block_no_valid_login_password(
+    fresh_registry: AuthRegistry,
+) -> None:
+    registry = fresh_registry
+    here = registry.client
+    password = login_password(registry, "alpha-writer")
+    head, body, _ = password.split(".")
+    for _ in range(10):
+        r = registry.token_response(login="shipyard", password=f"{head}.{body}.forged", client=here)
+        assert r.status_code == 401
+    # unsigned garbage can only count against the fixed user name at that source: more of it is refused
+    r = registry.token_response(login="shipyard", password="garbage", client=here)
+    assert r.status_code == 429
+    # but a login password whose signature holds is keyed on its own principal, and still works
+    assert registry.token_response(login="shipyard", password=password, client=here).status_code == 200
+    other = login_password(registry, "alpha-reader")
+    assert registry.token_response(login="shipyard", password=other, client=here).status_code == 200
+
+
+def test_failures_of_a_signed_login_password_count_against_its_principal(
+    fresh_registry: AuthRegistry,
+) -> None:
+    registry = fresh_registry
+    here = registry.client
+    elsewhere = registry.client_from("10.9.8.7")
+    revoked = login_password(registry, "beta-writer")
+    registry.identity.accounts.update_principal("beta-writer", bump_generation=True)
+    marker = registry.mark()
+    for _ in range(10):
+        r = registry.token_response(login="shipyard", password=revoked, client=here)
+        assert r.status_code == 401
+    events = registry.audit_since(marker)
+    assert {(e["principal"], e["reason"]) for e in events} == {
+        ("beta-writer", "login password: token generation was bumped")
+    }
+    # the principal is blocked at that source, whichever way it logs in
+    assert registry.token_response(login="shipyard", password=revoked, client=here).status_code == 429
+    found = registry.identity.accounts.get_principal("beta-writer")
+    assert found is not None
+    current, _ = registry.identity.issue_login_password(found[0])
+    r = registry.token_response(login="shipyard", password=current, client=here)
+    assert r.status_code == 429
+    assert registry.token_response(login="beta-writer", client=here).status_code == 429
+    # not from elsewhere, and no one else
+    r = registry.token_response(login="shipyard", password=current, client=elsewhere)
+    assert r.status_code == 200
+    alpha = login_password(registry, "alpha-writer")
+    assert registry.token_response(login="shipyard", password=alpha, client=here).status_code == 200
+    assert registry.token_response(login="alpha-writer", client=here).status_code == 200
+
+
+def test_a_wrong_password_says_so_in_the_message(auth_registry: AuthRegistry) -> None:
+    # docker and podman print only the message of the error
+    for login in ("alpha-reader", "no-such-user", "shipyard"):
+        r = auth_registry.token_response(login=login, password="wrong")
+        assert r.status_code == 401
+        error = r.json()["errors"][0]
+        assert error == {
+            "code": "UNAUTHORIZED",
+            "message": "invalid username or password",
+            "detail": "invalid credentials",
+        }
+        assert r.headers["www-authenticate"] == 'Basic realm="shipyard"'
+    r = oauth(auth_registry, grant_type="password", username="alpha-reader", password="wrong")
+    assert r.status_code == 401
+    assert r.json()["errors"][0]["message"] == "invalid username or password"
 
 
 def test_failed_logins_are_audited_with_who_where_and_why(

@@ -1,6 +1,8 @@
-"""The management REST API under /api/v1/: accounts, users, robots, access keys, repositories and
-policies. HTTP Basic authentication (the same credentials as /token), JSON in and out, OCI-style
-error bodies. Authorization lives in AccountService; this module only translates HTTP."""
+"""The management REST API under /api/v1/: accounts, users, robots, access keys, repositories,
+policies and the audit log. HTTP Basic authentication (the same credentials as /token), JSON in and
+out, OCI-style error bodies. Listings are pages: `?n=` (1..1000, default 100) and `?last=`, with a
+`Link: <...>; rel="next"` header while there are more. Authorization and the audit live in
+AccountService; this module only translates HTTP."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from shipyard.api.auth import basic_credentials, source_of
 from shipyard.api.errors import body_for, error_body, status_for
@@ -19,7 +22,8 @@ from shipyard.api.http import JSON, ClientDisconnected, Request, respond
 from shipyard.api.openapi import openapi_document
 from shipyard.api.types import Receive, Scope, Send
 from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
-from shipyard.domain.errors import RegistryError, RequestInvalid, Unauthorized
+from shipyard.domain.errors import PaginationInvalid, RegistryError, RequestInvalid, Unauthorized
+from shipyard.domain.management import DEFAULT_PAGE, AuditRecord
 from shipyard.services.accounts import AccountService, Created, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
 
@@ -29,15 +33,54 @@ PREFIX = "/api/v1/"
 OPENAPI_PATH = "/api/v1/openapi.json"
 _MAX_BODY = 64 * 1024
 SECRET_WARNING = "store this secret now: it will not be shown again"
+# `shipyard <command>` says so in its User-Agent; the audit then records the source as cli@<address>
+CLI_USER_AGENT = "shipyard-cli"
 
 Params = dict[str, str]
 Body = dict[str, Any]
-Answer = tuple[int, Any]
-Handler = Callable[["ManagementApi", PrincipalRecord, Params, Body], Answer]
 
 
 class BadRequest(RequestInvalid):
     message = "bad request"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One authenticated request: who, from where (for the audit), and its query parameters."""
+
+    actor: PrincipalRecord
+    source: str
+    query: dict[str, list[str]]
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def page_size(self) -> int:
+        raw = self.param("n")
+        if raw is None or raw == "":
+            return DEFAULT_PAGE
+        try:
+            return int(raw)
+        except ValueError:
+            raise PaginationInvalid(f"n must be an integer: {raw!r}") from None
+
+    def last(self) -> str | None:
+        return self.param("last") or None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A listing's answer: the documents under `key`, and the `last` of the next page if any."""
+
+    key: str
+    items: Sequence[Any]
+    next: str | None
+    size: int
+
+
+Answer = tuple[int, Any]
+Handler = Callable[["ManagementApi", Call, Params, Body], Answer]
 
 
 @dataclass(frozen=True)
@@ -94,6 +137,21 @@ def repository_document(info: RepositoryInfo) -> dict[str, Any]:
     }
 
 
+def audit_document(event: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "event": event.event,
+        "principal": event.principal,
+        "source": event.source,
+        "action": event.action,
+        "account": event.account,
+        "target": event.target,
+        "outcome": event.outcome,
+        "reason": event.reason,
+    }
+
+
 # -- body fields -------------------------------------------------------------------------------
 
 
@@ -124,60 +182,67 @@ def _required_text(body: Body, key: str) -> str:
 # -- handlers ----------------------------------------------------------------------------------
 
 
-def whoami(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 200, {**principal_document(actor), "superuser": is_superuser(actor)}
+def whoami(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    return 200, {**principal_document(call.actor), "superuser": is_superuser(call.actor)}
 
 
-def list_accounts(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 200, {"accounts": [account_document(a) for a in api.service.list_accounts(actor)]}
+def list_accounts(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    n = call.page_size()
+    found = api.service.list_accounts(call.actor, limit=n, last=call.last())
+    return 200, Page("accounts", [account_document(a) for a in found], found.next, n)
 
 
-def create_account(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 201, account_document(api.service.create_account(actor, _required_text(body, "name")))
+def create_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    account = api.service.create_account(call.actor, _required_text(body, "name"), source=call.source)
+    return 201, account_document(account)
 
 
-def get_account(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 200, account_document(api.service.get_account(actor, params["account"]))
+def get_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    return 200, account_document(api.service.get_account(call.actor, params["account"]))
 
 
-def patch_account(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+def patch_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
     disabled = _flag(body, "disabled")
     if disabled is None:
-        return 200, account_document(api.service.get_account(actor, params["account"]))
-    return 200, account_document(api.service.set_account_disabled(actor, params["account"], disabled))
+        return 200, account_document(api.service.get_account(call.actor, params["account"]))
+    account = api.service.set_account_disabled(call.actor, params["account"], disabled, source=call.source)
+    return 200, account_document(account)
 
 
-def delete_account(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    api.service.delete_account(actor, params["account"])
+def delete_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    api.service.delete_account(call.actor, params["account"], source=call.source)
     return 204, None
 
 
 def _lister(kind: PrincipalKind, key: str) -> Handler:
-    def handler(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-        principals = api.service.list_principals(actor, params["account"], kind)
-        return 200, {key: [principal_document(p) for p in principals]}
+    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+        n = call.page_size()
+        found = api.service.list_principals(call.actor, params["account"], kind, limit=n, last=call.last())
+        return 200, Page(key, [principal_document(p) for p in found], found.next, n)
 
     return handler
 
 
-def create_user(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+def create_user(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
     created = api.service.create_user(
-        actor,
+        call.actor,
         params["account"],
         _required_text(body, "name"),
         _text(body, "role") or "reader",
         _text(body, "password"),
+        source=call.source,
     )
     return 201, created_document(created)
 
 
-def create_robot(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+def create_robot(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
     created = api.service.create_robot(
-        actor,
+        call.actor,
         params["account"],
         _required_text(body, "name"),
         _text(body, "role") or "reader",
         _text(body, "description"),
+        source=call.source,
     )
     return 201, created_document(created)
 
@@ -187,15 +252,16 @@ def _login(kind: PrincipalKind, params: Params) -> str:
 
 
 def _patcher(kind: PrincipalKind) -> Handler:
-    def handler(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
         principal, secret = api.service.update_principal(
-            actor,
+            call.actor,
             params["account"],
             _login(kind, params),
             kind,
             role=_text(body, "role"),
             disabled=_flag(body, "disabled"),
             reset_secret=bool(_flag(body, "reset_secret")),
+            source=call.source,
         )
         document = principal_document(principal)
         if secret is not None:
@@ -206,69 +272,96 @@ def _patcher(kind: PrincipalKind) -> Handler:
 
 
 def _deleter(kind: PrincipalKind) -> Handler:
-    def handler(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
         login = params["key_id"] if kind == "access_key" else _login(kind, params)
-        api.service.delete_principal(actor, params["account"], login, kind)
+        api.service.delete_principal(call.actor, params["account"], login, kind, source=call.source)
         return 204, None
 
     return handler
 
 
-def create_access_key(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    created = api.service.create_access_key(actor, params["account"], _text(body, "description"))
+def create_access_key(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    created = api.service.create_access_key(
+        call.actor, params["account"], _text(body, "description"), source=call.source
+    )
     return 201, created_document(created)
 
 
-def revoke(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 200, principal_document(api.service.revoke(actor, params["account"], params["login"]))
+def revoke(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    principal = api.service.revoke(call.actor, params["account"], params["login"], source=call.source)
+    return 200, principal_document(principal)
 
 
-def list_repositories(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    infos = api.service.list_repositories(actor, params["account"])
-    return 200, {"repositories": [repository_document(i) for i in infos]}
+def list_repositories(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    n = call.page_size()
+    found = api.service.list_repositories(call.actor, params["account"], limit=n, last=call.last())
+    return 200, Page("repositories", [repository_document(i) for i in found], found.next, n)
 
 
-def create_repository(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+def create_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
     name = f"{params['account']}/{_required_text(body, 'name')}"
-    info = api.service.create_repository(actor, name, _text(body, "visibility") or "private")
+    visibility = _text(body, "visibility") or "private"
+    info = api.service.create_repository(call.actor, name, visibility, source=call.source)
     return 201, repository_document(info)
 
 
-def get_repository(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    return 200, repository_document(api.service.get_repository(actor, params["name"]))
+def get_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    return 200, repository_document(api.service.get_repository(call.actor, params["name"]))
 
 
-def patch_repository(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
+def patch_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
     visibility = _text(body, "visibility")
     if visibility is None:
-        return 200, repository_document(api.service.get_repository(actor, params["name"]))
-    return 200, repository_document(api.service.set_visibility(actor, params["name"], visibility))
-
-
-def delete_repository(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    api.service.delete_repository(actor, params["name"])
-    return 204, None
-
-
-def put_policy(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    actions = body.get("actions", ["pull"])
-    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-        raise BadRequest("field 'actions' must be a list of strings")
-    info = api.service.set_policy(actor, params["name"], params["account"], frozenset(actions))
+        return 200, repository_document(api.service.get_repository(call.actor, params["name"]))
+    info = api.service.set_visibility(call.actor, params["name"], visibility, source=call.source)
     return 200, repository_document(info)
 
 
-def delete_policy(api: ManagementApi, actor: PrincipalRecord, params: Params, body: Body) -> Answer:
-    api.service.remove_policy(actor, params["name"], params["account"])
+def delete_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    api.service.delete_repository(call.actor, params["name"], source=call.source)
     return 204, None
+
+
+def list_policies(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    n = call.page_size()
+    found = api.service.list_policies(call.actor, params["name"], limit=n, last=call.last())
+    documents = [{"account": account, "actions": sorted(actions)} for account, actions in found]
+    return 200, Page("policies", documents, found.next, n)
+
+
+def put_policy(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    actions = body.get("actions", ["pull"])
+    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+        raise BadRequest("field 'actions' must be a list of strings")
+    info = api.service.set_policy(
+        call.actor, params["name"], params["account"], frozenset(actions), source=call.source
+    )
+    return 200, repository_document(info)
+
+
+def delete_policy(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    api.service.remove_policy(call.actor, params["name"], params["account"], source=call.source)
+    return 204, None
+
+
+def list_audit(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
+    n = call.page_size()
+    raw = call.last()
+    try:
+        last = None if raw is None else int(raw)
+    except ValueError:
+        raise BadRequest(f"last must be an event id: {raw!r}") from None
+    found = api.service.audit_events(call.actor, call.param("account") or None, limit=n, last=last)
+    return 200, Page("events", [audit_document(e) for e in found], found.next, n)
 
 
 _ACCOUNT = "/api/v1/accounts/{account}"
 _REPOSITORY = "/api/v1/repositories/{name...}"
 
-# More specific templates first: a repository path may end in /policies/<account>.
+# More specific templates first: a repository path may end in /policies or /policies/<account>.
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/whoami", whoami),
+    Route("GET", "/api/v1/audit", list_audit),
     Route("GET", "/api/v1/accounts", list_accounts),
     Route("POST", "/api/v1/accounts", create_account),
     Route("GET", _ACCOUNT, get_account),
@@ -288,6 +381,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{_ACCOUNT}/principals/{{login}}/revoke", revoke),
     Route("GET", f"{_ACCOUNT}/repositories", list_repositories),
     Route("POST", f"{_ACCOUNT}/repositories", create_repository),
+    Route("GET", f"{_REPOSITORY}/policies", list_policies),
     Route("PUT", f"{_REPOSITORY}/policies/{{account}}", put_policy),
     Route("DELETE", f"{_REPOSITORY}/policies/{{account}}", delete_policy),
     Route("GET", _REPOSITORY, get_repository),
@@ -308,6 +402,20 @@ def match(method: str, path: str) -> tuple[Route, Params] | bool | None:
             return route, found.groupdict()
         known = True
     return False if known else None
+
+
+def next_link(path: str, query: dict[str, list[str]], page: Page) -> str | None:
+    """The Link header to the page after `page`, keeping the request's other parameters."""
+    if page.next is None:
+        return None
+    kept = [(k, v) for k, values in query.items() if k not in ("n", "last") for v in values]
+    return f'<{path}?{urlencode([*kept, ("n", str(page.size)), ("last", page.next)])}>; rel="next"'
+
+
+def request_source(request: Request) -> str:
+    address = source_of(request.scope)
+    agent = request.headers.get("user-agent", "")
+    return f"cli@{address}" if agent.startswith(CLI_USER_AGENT) else address
 
 
 class ManagementApi:
@@ -351,9 +459,15 @@ class ManagementApi:
         route, params = found
         actor = await self._authenticate(request)
         body = await self._body(request) if route.method in ("POST", "PUT", "PATCH") else {}
+        call = Call(actor, request_source(request), request.query)
         loop = asyncio.get_running_loop()
-        status, document = await loop.run_in_executor(self.executor, route.handler, self, actor, params, body)
+        status, document = await loop.run_in_executor(self.executor, route.handler, self, call, params, body)
         headers = {"cache-control": "no-store"}
+        if isinstance(document, Page):
+            link = next_link(request.path, request.query, document)
+            if link is not None:
+                headers["link"] = link
+            document = {document.key: list(document.items)}
         if document is None:
             await respond(send, status, headers)
         else:

@@ -20,6 +20,31 @@ def _list_of(key: str, item: str) -> dict[str, Any]:
     return {"type": "object", "properties": {key: {"type": "array", "items": _ref(item)}}}
 
 
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+# every listing is a page: keyset pagination as the OCI tags/list and _catalog do
+PAGE_PARAMS = (
+    _query(
+        "n",
+        "page size; a value that is not an integer from 1 to 1000 is answered with 400",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    ),
+    _query(
+        "last",
+        "continue after this key (the previous page's last item); the Link header carries it",
+        {"type": "string"},
+    ),
+)
+LINK_HEADER = {
+    "link": {
+        "description": 'present while more items follow: `<path?n=N&last=KEY>; rel="next"`',
+        "schema": {"type": "string"},
+    }
+}
+
+
 def _param(name: str, description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -53,10 +78,14 @@ def _op(
     params: tuple[dict[str, Any], ...] = (),
     body: dict[str, Any] | None = None,
     conflict: bool = False,
+    paged: bool = False,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         status: {"description": "no content"} if response is None else _json(response, "success")
     }
+    if paged:
+        responses[status]["headers"] = LINK_HEADER
+        params = (*params, *PAGE_PARAMS)
     responses.update(_ERRORS)
     if conflict:
         responses["409"] = {"$ref": "#/components/responses/Conflict"}
@@ -120,6 +149,31 @@ SCHEMAS: dict[str, Any] = {
         },
         actions={"type": "array", "items": STRING, "description": "what the caller may do"},
     ),
+    "Policy": _obj(
+        ["account", "actions"],
+        account={"type": "string", "description": "the account granted access"},
+        actions={"type": "array", "items": {"type": "string", "enum": ["pull", "push"]}},
+    ),
+    "AuditEvent": _obj(
+        ["id", "at", "event", "principal", "source", "action", "account", "target", "outcome", "reason"],
+        id={"type": "integer", "description": "increasing; the `last` of the next page"},
+        at={"type": "string", "format": "date-time"},
+        event={
+            "type": "string",
+            "description": "`management` for management actions; `login-failed`, `token-rejected`, "
+            "`access-denied`, ... for refused registry requests",
+        },
+        principal={"type": ["string", "null"], "description": "who: the login that acted or tried"},
+        source={
+            "type": ["string", "null"],
+            "description": "from where: the client address (`cli@<address>` for the shipyard CLI)",
+        },
+        action={"type": ["string", "null"], "description": "what, e.g. `user.create`, `policy.grant`"},
+        account={"type": ["string", "null"], "description": "the account acted on"},
+        target={"type": ["string", "null"], "description": "the user, robot, key or repository acted on"},
+        outcome={"type": "string", "enum": ["allowed", "denied", "failed"]},
+        reason={"type": "string", "description": "why it was denied or failed; what changed if allowed"},
+    ),
     "Error": {
         "type": "object",
         "required": ["errors"],
@@ -153,8 +207,20 @@ PATHS: dict[str, Any] = {
         )
     },
     "/api/v1/whoami": {"get": _op("The authenticated principal", "200", _ref("Whoami"))},
+    "/api/v1/audit": {
+        "get": _op(
+            "Audit events, newest first: every account's for registry administrators (or one with "
+            "`account`), the caller's account's for its admins. Secrets are never recorded.",
+            "200",
+            _list_of("events", "AuditEvent"),
+            params=(_query("account", "only this account's events", {"type": "string"}),),
+            paged=True,
+        )
+    },
     "/api/v1/accounts": {
-        "get": _op("Accounts the caller may see", "200", _list_of("accounts", "Account")),
+        "get": _op(
+            "Accounts the caller may see, by name", "200", _list_of("accounts", "Account"), paged=True
+        ),
         "post": _op(
             "Create an account (registry administrators)",
             "201",
@@ -181,7 +247,13 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/api/v1/accounts/{account}/users": {
-        "get": _op("Users of the account", "200", _list_of("users", "Principal"), params=(ACCOUNT,)),
+        "get": _op(
+            "Users of the account, by login",
+            "200",
+            _list_of("users", "Principal"),
+            params=(ACCOUNT,),
+            paged=True,
+        ),
         "post": _op(
             "Create a user (account admins); without a password one is generated and returned once",
             "201",
@@ -202,7 +274,9 @@ PATHS: dict[str, Any] = {
         "delete": _op("Delete a user and its access keys", "204", None, params=(ACCOUNT, NAME)),
     },
     "/api/v1/accounts/{account}/robots": {
-        "get": _op("Robot accounts", "200", _list_of("robots", "Principal"), params=(ACCOUNT,)),
+        "get": _op(
+            "Robot accounts, by login", "200", _list_of("robots", "Principal"), params=(ACCOUNT,), paged=True
+        ),
         "post": _op(
             "Create a robot account `<account>+<name>`; its secret is returned once",
             "201",
@@ -224,10 +298,11 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/accounts/{account}/access-keys": {
         "get": _op(
-            "Access keys: all of the account's for its admins, else the caller's own",
+            "Access keys by key id: all of the account's for its admins, else the caller's own",
             "200",
             _list_of("access_keys", "Principal"),
             params=(ACCOUNT,),
+            paged=True,
         ),
         "post": _op(
             "Create an access key of the calling user (its role); the secret is returned once",
@@ -252,10 +327,11 @@ PATHS: dict[str, Any] = {
     },
     "/api/v1/accounts/{account}/repositories": {
         "get": _op(
-            "Repositories of the account the caller may pull",
+            "Repositories of the account the caller may pull, by name",
             "200",
             _list_of("repositories", "Repository"),
             params=(ACCOUNT,),
+            paged=True,
         ),
         "post": _op(
             "Create an empty repository `<account>/<name>` (account admins)",
@@ -282,6 +358,15 @@ PATHS: dict[str, Any] = {
             params=(REPOSITORY,),
         ),
     },
+    "/api/v1/repositories/{name}/policies": {
+        "get": _op(
+            "The repository's policies, by grantee account",
+            "200",
+            _list_of("policies", "Policy"),
+            params=(REPOSITORY,),
+            paged=True,
+        )
+    },
     "/api/v1/repositories/{name}/policies/{account}": {
         "put": _op(
             "Grant another account pull, or pull and push (account admins)",
@@ -302,9 +387,11 @@ def openapi_document() -> dict[str, Any]:
             "title": "Shipyard management API",
             "version": __version__,
             "description": (
-                "Accounts, users, robot accounts, access keys, repositories and policies. Authenticate "
-                "with HTTP Basic: a user's password, an access key id and secret, a robot login and "
-                "secret, or a login password. Errors use the OCI error body."
+                "Accounts, users, robot accounts, access keys, repositories, policies and the audit "
+                "log. Authenticate with HTTP Basic: a user's password, an access key id and secret, a "
+                "robot login and secret, or a login password. Errors use the OCI error body. Listings "
+                "are pages (`n`, `last`, and a `Link` header to the next page). Every change, allowed "
+                "or refused, is written to the audit log."
             ),
         },
         "servers": [{"url": "/"}],

@@ -1,6 +1,8 @@
 """Signing keys (Ed25519), kept secret in the data directory with mode 0600, with rotation.
 
 The newest key signs; older keys keep verifying until every token they signed has expired, then retire.
+Instead, the signing key can come from a secrets file that the operator manages (`signing_key_file`);
+the keys in the directory then only verify.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class SigningKeyError(Exception):
+    """A signing key file that must not be used: unreadable, readable by others, or not a key."""
+
+
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
@@ -39,6 +45,8 @@ class SigningKey:
     created_at: float
     # when a newer key took over signing; None for the active key
     superseded_at: float | None = None
+    # the key came from the secrets file, not from the keys directory
+    from_file: bool = False
 
     @property
     def public(self) -> Ed25519PublicKey:
@@ -71,12 +79,44 @@ def _kid_for(private: Ed25519PrivateKey) -> str:
     return b64url(hashlib.sha256(raw).digest()[:12])
 
 
-class KeyRing:
-    """Keys in `directory`: `<kid>.pem` (PKCS#8, 0600) and `keys.json` (creation and supersession times)."""
+def load_key_file(path: Path) -> SigningKey:
+    """The private key in a PEM file (PKCS#8 or OpenSSL's format) that only its owner may read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        mode = status.st_mode
+        if mode & 0o077:
+            raise SigningKeyError(
+                f"{path} is readable or writable by group or others (mode {mode & 0o777:04o}); "
+                "make it readable by the owner only: chmod 600"
+            )
+        try:
+            data = handle.read()
+        except OSError as exc:
+            raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        # the message of cryptography's error names no key material
+        raise SigningKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} holds a {type(private).__name__}; only Ed25519 keys are supported")
+    return SigningKey(_kid_for(private), private, status.st_mtime, from_file=True)
 
-    def __init__(self, directory: Path, *, max_token_lifetime: float) -> None:
+
+class KeyRing:
+    """Keys in `directory`: `<kid>.pem` (PKCS#8, 0600) and `keys.json` (creation and supersession times);
+    with `signing_key_file`, that file's key signs and the directory's keys only verify."""
+
+    def __init__(
+        self, directory: Path, *, max_token_lifetime: float, signing_key_file: Path | None = None
+    ) -> None:
         self.directory = directory
         self.max_token_lifetime = max_token_lifetime
+        self.signing_key_file = signing_key_file
         self._keys: dict[str, SigningKey] = {}
         self.reload()
 
@@ -101,13 +141,32 @@ class KeyRing:
             keys[kid] = SigningKey(
                 kid, private, float(info.get("created_at", path.stat().st_mtime)), info.get("superseded_at")
             )
+        if self.signing_key_file is not None:
+            from_file = load_key_file(self.signing_key_file)
+            now = time.time()
+            superseded = False
+            for kid, key in list(keys.items()):
+                if key.superseded_at is None and kid != from_file.kid:
+                    keys[kid] = SigningKey(kid, key.private, key.created_at, now)
+                    superseded = True
+            # a key the file held before it was replaced keeps verifying (until this process restarts)
+            for kid, key in self._keys.items():
+                if key.from_file and kid != from_file.kid and kid not in keys:
+                    keys[kid] = SigningKey(kid, key.private, key.created_at, key.superseded_at or now, True)
+            keys[from_file.kid] = from_file
+            self._keys = keys
+            if superseded:  # from now on the file's key signs: the directory's retire in due time
+                self._save_index()
+            return
         self._keys = keys
         if not self._keys:
             self.rotate()
 
     def _save_index(self) -> None:
         meta = {
-            k.kid: {"created_at": k.created_at, "superseded_at": k.superseded_at} for k in self._keys.values()
+            k.kid: {"created_at": k.created_at, "superseded_at": k.superseded_at}
+            for k in self._keys.values()
+            if not k.from_file
         }
         temp = self._index.with_suffix(".tmp")
         temp.write_text(json.dumps(meta, indent=2))
@@ -129,6 +188,11 @@ class KeyRing:
 
     def rotate(self) -> SigningKey:
         """Add a new signing key; the previous ones only verify from now on."""
+        if self.signing_key_file is not None:
+            raise SigningKeyError(
+                "the signing key comes from signing_key_file: put a new key in that file to rotate "
+                "(copy the old one into the keys directory so that its tokens keep verifying)"
+            )
         now = time.time()
         private = Ed25519PrivateKey.generate()
         kid = _kid_for(private)

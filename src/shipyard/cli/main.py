@@ -124,6 +124,7 @@ def _banner(settings: Settings, admin_password: str | None) -> str:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from shipyard.app import make_identity
+    from shipyard.auth.keys import SigningKeyError
     from shipyard.db.engine import make_engine
 
     settings = _settings(args)
@@ -131,14 +132,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
     try:
         keys = make_identity(settings, engine).keys
         if args.keys_command == "rotate":
-            key = keys.rotate()
+            try:
+                key = keys.rotate()
+            except SigningKeyError as exc:
+                print(f"shipyard: {exc}", file=sys.stderr)
+                return 1
             print(f"new signing key {key.kid}; older keys verify until their tokens expire, then retire")
         elif args.keys_command == "retire":
             retired = keys.retire_expired()
             print(f"retired {len(retired)} signing keys" + (f": {', '.join(retired)}" if retired else ""))
         for signing_key in keys.all():
             state = "active" if signing_key.superseded_at is None else "verifying only"
-            print(f"{signing_key.kid}  {state}")
+            origin = "signing_key_file" if signing_key.from_file else "keys_dir"
+            print(f"{signing_key.kid}  {state}  {origin}")
     finally:
         engine.dispose()
     return 0

@@ -1,5 +1,6 @@
-"""Management commands (accounts, users, robots, access-keys, repos, whoami): clients of the REST API
-under /api/v1/ of a running registry."""
+"""Management commands (accounts, users, robots, access-keys, repos, audit, whoami): clients of the
+REST API under /api/v1/ of a running registry. Listings follow the API's pages (its `Link` headers)
+until they have printed everything, or `--limit` items."""
 
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+
+from shipyard import __version__
 
 Command = Callable[["Client", argparse.Namespace], Any]
+
+# the API records what this client does as coming from cli@<address>
+USER_AGENT = f"shipyard-cli/{__version__}"
+PAGE_SIZE = 1000  # the API's largest page
+AUDIT_LIMIT = 100
 
 
 class ApiError(Exception):
@@ -30,10 +38,30 @@ class Client:
     def __init__(self, registry: str, user: str, password: str, cacert: Path | None) -> None:
         self.base = registry.rstrip("/")
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.headers = {"authorization": f"Basic {token}", "accept": "application/json"}
+        self.headers = {
+            "authorization": f"Basic {token}",
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+        }
         self.context = ssl.create_default_context(cafile=str(cacert)) if cacert else None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._request(method, path, body)[0]
+
+    def listing(
+        self, path: str, key: str, limit: int | None = None, query: dict[str, str] | None = None
+    ) -> dict[str, list[Any]]:
+        """Every item of a paged listing (at most `limit`), following the `Link: rel="next"` headers."""
+        size = PAGE_SIZE if limit is None else max(1, min(limit, PAGE_SIZE))
+        url: str | None = f"{path}?{urlencode({**(query or {}), 'n': str(size)})}"
+        items: list[Any] = []
+        while url is not None and (limit is None or len(items) < limit):
+            document, link = self._request("GET", url, None)
+            items.extend(document[key])
+            url = _next_page(link)
+        return {key: items if limit is None else items[:limit]}
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[Any, str | None]:
         data = None if body is None else json.dumps(body).encode()
         headers = dict(self.headers)
         if data is not None:
@@ -42,11 +70,30 @@ class Client:
         try:
             with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
                 raw = response.read()
+                link = response.headers.get("link")
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _message(exc.read())) from None
         except urllib.error.URLError as exc:
             raise ApiError(0, f"cannot reach {self.base}: {exc.reason}") from None
-        return json.loads(raw) if raw else None
+        return (json.loads(raw) if raw else None), link
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
+def _next_page(link: str | None) -> str | None:
+    """The path of `Link: <path>; rel="next"`, which the API makes relative to the registry."""
+    if not link or 'rel="next"' not in link:
+        return None
+    target = link.partition("<")[2].partition(">")[0]
+    return target if target.startswith("/api/v1/") else None
 
 
 def _message(raw: bytes) -> str:
@@ -123,7 +170,7 @@ def _principals(kind: str) -> dict[str, Command]:
         return f"{a.account}+{a.name}" if kind == "robots" else a.name
 
     return {
-        "list": lambda c, a: c.call("GET", path(a)),
+        "list": lambda c, a: c.listing(path(a), base, a.limit),
         "create": create,
         "delete": lambda c, a: c.call("DELETE", f"{path(a)}/{_q(a.name)}"),
         "disable": lambda c, a: c.call("PATCH", f"{path(a)}/{_q(a.name)}", {"disabled": not a.enable}),
@@ -145,7 +192,7 @@ def _split(name: str) -> tuple[str, str]:
 COMMANDS: dict[str, dict[str, Command]] = {
     "whoami": {"": lambda c, a: c.call("GET", "/api/v1/whoami")},
     "accounts": {
-        "list": lambda c, a: c.call("GET", "/api/v1/accounts"),
+        "list": lambda c, a: c.listing("/api/v1/accounts", "accounts", a.limit),
         "create": lambda c, a: c.call("POST", "/api/v1/accounts", {"name": a.name}),
         "delete": lambda c, a: c.call("DELETE", f"/api/v1/accounts/{_q(a.name)}"),
         "disable": lambda c, a: c.call("PATCH", f"/api/v1/accounts/{_q(a.name)}", {"disabled": not a.enable}),
@@ -153,7 +200,9 @@ COMMANDS: dict[str, dict[str, Command]] = {
     "users": _principals("users"),
     "robots": _principals("robots"),
     "access-keys": {
-        "list": lambda c, a: c.call("GET", f"/api/v1/accounts/{_q(a.account)}/access-keys"),
+        "list": lambda c, a: c.listing(
+            f"/api/v1/accounts/{_q(a.account)}/access-keys", "access_keys", a.limit
+        ),
         "create": lambda c, a: c.call(
             "POST", f"/api/v1/accounts/{_q(a.account)}/access-keys", {"description": a.description}
         ),
@@ -162,7 +211,9 @@ COMMANDS: dict[str, dict[str, Command]] = {
         ),
     },
     "repos": {
-        "list": lambda c, a: c.call("GET", f"/api/v1/accounts/{_q(a.account)}/repositories"),
+        "list": lambda c, a: c.listing(
+            f"/api/v1/accounts/{_q(a.account)}/repositories", "repositories", a.limit
+        ),
         "create": lambda c, a: c.call(
             "POST",
             f"/api/v1/accounts/{_q(_split(a.name)[0])}/repositories",
@@ -181,6 +232,14 @@ COMMANDS: dict[str, dict[str, Command]] = {
         "revoke": lambda c, a: c.call(
             "DELETE", f"/api/v1/repositories/{_repo_path(a.name)}/policies/{_q(a.account)}"
         ),
+        "policies": lambda c, a: c.listing(
+            f"/api/v1/repositories/{_repo_path(a.name)}/policies", "policies", a.limit
+        ),
+    },
+    "audit": {
+        "list": lambda c, a: c.listing(
+            "/api/v1/audit", "events", a.limit, {"account": a.account} if a.account else None
+        ),
     },
 }
 
@@ -192,6 +251,11 @@ OUTPUT: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "robots": ("robots", PRINCIPAL_COLUMNS),
     "access-keys": ("access_keys", PRINCIPAL_COLUMNS),
     "repos": ("repositories", ("name", "visibility", "policies", "actions")),
+    "audit": ("events", ("at", "principal", "source", "action", "account", "target", "outcome", "reason")),
+}
+# listings whose items are not those of their group's other commands
+LIST_OUTPUT: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("repos", "policies"): ("policies", ("account", "actions")),
 }
 
 
@@ -212,8 +276,12 @@ def run(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
         return 1
-    key, columns = OUTPUT[args.command]
-    _show(args, document, key if action == "list" else None, columns)
+    if (args.command, action) in LIST_OUTPUT:
+        key, columns = LIST_OUTPUT[args.command, action]
+        _show(args, document, key, columns)
+        return 0
+    list_key, columns = OUTPUT[args.command]
+    _show(args, document, list_key if action == "list" else None, columns)
     return 0
 
 
@@ -227,6 +295,17 @@ def register(sub: Any) -> None:
         p.add_argument("--json", action="store_true", help="print the API's JSON")
         p.set_defaults(func=run)
 
+    def listing(p: argparse.ArgumentParser, default: int | None = None) -> None:
+        every = "all" if default is None else str(default)
+        p.add_argument(
+            "--limit",
+            type=_positive,
+            default=default,
+            metavar="N",
+            help=f"print at most N items (default: {every})",
+        )
+        connection(p)
+
     def group(name: str, text: str) -> Any:
         parser = sub.add_parser(
             name, help=text, description=f"{text}. The password comes from SHIPYARD_PASSWORD, else a prompt."
@@ -237,7 +316,7 @@ def register(sub: Any) -> None:
     connection(whoami)
 
     accounts = group("accounts", "manage accounts (registry administrators)")
-    connection(accounts.add_parser("list", help="list accounts"))
+    listing(accounts.add_parser("list", help="list accounts"))
     for action, text in (("create", "create an account"), ("delete", "delete an account")):
         p = accounts.add_parser(action, help=text)
         p.add_argument("name")
@@ -252,7 +331,7 @@ def register(sub: Any) -> None:
         g = group(kind, f"manage {text}s of an account")
         p = g.add_parser("list", help=f"list {text}s")
         p.add_argument("account")
-        connection(p)
+        listing(p)
         p = g.add_parser("create", help=f"create a {text}; prints its secret once")
         p.add_argument("account")
         p.add_argument("name")
@@ -289,7 +368,7 @@ def register(sub: Any) -> None:
     keys = group("access-keys", "manage access keys (your own; an account admin sees all)")
     p = keys.add_parser("list", help="list access keys")
     p.add_argument("account")
-    connection(p)
+    listing(p)
     p = keys.add_parser("create", help="create an access key of yours; prints its secret once")
     p.add_argument("account")
     p.add_argument("--description")
@@ -302,7 +381,7 @@ def register(sub: Any) -> None:
     repos = group("repos", "manage repositories, their visibility and policies")
     p = repos.add_parser("list", help="list an account's repositories you may pull")
     p.add_argument("account")
-    connection(p)
+    listing(p)
     p = repos.add_parser("create", help="create an empty repository ACCOUNT/NAME")
     p.add_argument("name")
     p.add_argument("--public", action="store_true", help="anyone may pull")
@@ -324,3 +403,13 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("account")
     connection(p)
+    p = repos.add_parser("policies", help="list the accounts a repository is shared with")
+    p.add_argument("name")
+    listing(p)
+
+    audit = group(
+        "audit", "read the audit log (account admins: their account's; registry administrators: all)"
+    )
+    p = audit.add_parser("list", help="list audit events, newest first")
+    p.add_argument("--account", help="only this account's events")
+    listing(p, AUDIT_LIMIT)

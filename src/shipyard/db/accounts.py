@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.metadata import _aware, utcnow
-from shipyard.db.models import Account, AuditEvent, Principal, RepositoryPolicy, RepositorySettings
+from shipyard.db.models import (
+    Account,
+    AuditEvent,
+    AuthChanges,
+    Principal,
+    Repository,
+    RepositoryPolicy,
+    RepositorySettings,
+)
 from shipyard.domain.accounts import AccountRecord, PrincipalRecord, RepositoryAccess
 from shipyard.domain.errors import RegistryError
+from shipyard.domain.management import AuditRecord, Listing
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Conflict(RegistryError):
@@ -57,10 +73,89 @@ def _principal(r: Any) -> PrincipalRecord:
     )
 
 
+@dataclass(frozen=True)
+class AuthChangeSet:
+    """What changed in accounts and principals after a serial: see `AccountStore.auth_changes_since`."""
+
+    serial: int
+    deletions: int
+    # account name -> disabled, for the accounts written since
+    accounts: dict[str, bool]
+    principals: list[PrincipalRecord]
+    # every principal id and account name that exists, when something was deleted since (else None)
+    existing_principals: frozenset[int] | None = None
+    existing_accounts: frozenset[str] | None = None
+
+
 class AccountStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        self._change_listeners: list[Callable[[], None]] = []
+
+    # -- change feed ---------------------------------------------------------------------------
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each committed write to accounts or principals made through this store."""
+        self._change_listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._change_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("an account change listener failed")
+
+    @staticmethod
+    def _next_serial(conn: Connection, *, deletion: bool = False) -> int:
+        """Take the next change serial in this transaction. The update locks the counter row until the
+        transaction ends, so serials are taken in commit order: a reader that sees serial N also sees every
+        row stamped with a serial up to N. Writers take it before touching any other row, so that two
+        writers never wait for each other's locks in opposite orders."""
+        values: dict[str, object] = {"serial": AuthChanges.serial + 1}
+        if deletion:
+            values["deletions"] = AuthChanges.deletions + 1
+        serial = conn.execute(
+            update(AuthChanges).where(AuthChanges.id == 1).values(**values).returning(AuthChanges.serial)
+        ).scalar()
+        if serial is None:  # a database whose counter row went missing
+            conn.execute(insert(AuthChanges).values(id=1, serial=1, deletions=1 if deletion else 0))
+            serial = 1
+        return int(serial)
+
+    def auth_changes_since(self, serial: int, deletions: int) -> AuthChangeSet | None:
+        """Accounts and principals written after change serial `serial` (all of them for a negative one),
+        or None when nothing was written or deleted since (`serial` and `deletions` are still current)."""
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(
+                select(AuthChanges.serial, AuthChanges.deletions).where(AuthChanges.id == 1)
+            ).first()
+            current, deleted = (0, 0) if row is None else (int(row.serial), int(row.deletions))
+            if serial >= 0 and current == serial and deleted == deletions:
+                return None
+            # only up to `current`: rows stamped later may belong to transactions not yet committed
+            accounts = conn.execute(
+                select(Account.name, Account.disabled).where(
+                    Account.change_serial > serial, Account.change_serial <= current
+                )
+            ).all()
+            principals = conn.execute(
+                select(*_PRINCIPAL_COLUMNS)
+                .join(Account, Account.id == Principal.account_id)
+                .where(Principal.change_serial > serial, Principal.change_serial <= current)
+            ).all()
+            existing_principals = existing_accounts = None
+            if serial >= 0 and deleted != deletions:
+                existing_principals = frozenset(int(i) for i in conn.execute(select(Principal.id)).scalars())
+                existing_accounts = frozenset(conn.execute(select(Account.name)).scalars())
+        return AuthChangeSet(
+            current,
+            deleted,
+            {r.name: bool(r.disabled) for r in accounts},
+            [_principal(r) for r in principals],
+            existing_principals,
+            existing_accounts,
+        )
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -69,10 +164,13 @@ class AccountStore:
         try:
             with write_transaction(self.engine) as conn:
                 account_id = conn.execute(
-                    insert(Account).values(name=name, disabled=False, created_at=now).returning(Account.id)
+                    insert(Account)
+                    .values(name=name, disabled=False, created_at=now, change_serial=self._next_serial(conn))
+                    .returning(Account.id)
                 ).scalar_one()
         except IntegrityError:
             raise Conflict(f"account exists: {name}") from None
+        self._notify()
         return AccountRecord(int(account_id), name, False, now)
 
     def get_account(self, name: str) -> AccountRecord | None:
@@ -97,18 +195,25 @@ class AccountStore:
 
     def set_account_disabled(self, name: str, disabled: bool) -> None:
         with write_transaction(self.engine) as conn:
-            result = conn.execute(update(Account).where(Account.name == name).values(disabled=disabled))
+            result = conn.execute(
+                update(Account)
+                .where(Account.name == name)
+                .values(disabled=disabled, change_serial=self._next_serial(conn))
+            )
             if not result.rowcount:
                 raise NotFound(f"no account {name}")
+        self._notify()
 
     def delete_account(self, name: str) -> None:
         with write_transaction(self.engine) as conn:
             account_id = conn.execute(select(Account.id).where(Account.name == name)).scalar()
             if account_id is None:
                 raise NotFound(f"no account {name}")
+            self._next_serial(conn, deletion=True)
             conn.execute(delete(RepositoryPolicy).where(RepositoryPolicy.account_id == account_id))
             conn.execute(delete(Principal).where(Principal.account_id == account_id))
             conn.execute(delete(Account).where(Account.id == account_id))
+        self._notify()
 
     def count_accounts(self) -> int:
         with read_transaction(self.engine) as conn:
@@ -145,10 +250,12 @@ class AccountStore:
                         owner_id=owner_id,
                         description=description,
                         created_at=now,
+                        change_serial=self._next_serial(conn),
                     )
                 )
         except IntegrityError:
             raise Conflict(f"login exists: {login}") from None
+        self._notify()
         found = self.get_principal(login)
         assert found is not None
         return found[0]
@@ -205,15 +312,19 @@ class AccountStore:
         if not values:
             return
         with write_transaction(self.engine) as conn:
+            values["change_serial"] = self._next_serial(conn)
             result = conn.execute(update(Principal).where(Principal.login == login).values(**values))
             if not result.rowcount:
                 raise NotFound(f"no principal {login}")
+        self._notify()
 
     def delete_principal(self, login: str) -> None:
         with write_transaction(self.engine) as conn:
+            self._next_serial(conn, deletion=True)
             result = conn.execute(delete(Principal).where(Principal.login == login))
             if not result.rowcount:
                 raise NotFound(f"no principal {login}")
+        self._notify()
 
     def repository_access(self, repository: str) -> RepositoryAccess:
         with read_transaction(self.engine) as conn:
@@ -315,3 +426,149 @@ class AccountStore:
                 .limit(limit)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    def record_event(
+        self,
+        action: str,
+        *,
+        principal: str,
+        source: str,
+        account: str | None,
+        target: str | None,
+        outcome: str,
+        reason: str,
+    ) -> None:
+        """A management action, allowed or not. Fields longer than their columns are cut (a refused
+        request may carry any text), so that the event is still written."""
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                insert(AuditEvent).values(
+                    at=utcnow(),
+                    event="management",
+                    principal=principal[:255],
+                    source=source[:255],
+                    action=action[:255],
+                    account=None if account is None else account[:64],
+                    target=None if target is None else target[:255],
+                    outcome=outcome[:16],
+                    reason=reason,
+                )
+            )
+
+    def audit_page(self, limit: int, last: int | None, *, account: str | None = None) -> Listing[AuditRecord]:
+        """Events newest first, those before event `last`; with `account`, only that account's."""
+        query = select(
+            AuditEvent.id,
+            AuditEvent.at,
+            AuditEvent.event,
+            AuditEvent.principal,
+            AuditEvent.source,
+            AuditEvent.action,
+            AuditEvent.account,
+            AuditEvent.target,
+            AuditEvent.outcome,
+            AuditEvent.reason,
+        )
+        if account is not None:
+            query = query.where(AuditEvent.account == account)
+        if last is not None:
+            query = query.where(AuditEvent.id < last)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(query.order_by(AuditEvent.id.desc()).limit(limit + 1)).all()
+        records = [
+            AuditRecord(
+                id=int(r.id),
+                at=_aware(r.at),
+                event=r.event,
+                principal=r.principal,
+                source=r.source,
+                action=r.action,
+                account=r.account,
+                target=r.target,
+                outcome=r.outcome,
+                reason=r.reason,
+            )
+            for r in rows
+        ]
+        return _listing(records, limit, lambda e: str(e.id))
+
+    # -- pages of listings: ORDER BY the key, WHERE key > last, LIMIT n + 1 ---------------------
+
+    def accounts_page(
+        self, limit: int, last: str | None, *, only: str | None = None
+    ) -> Listing[AccountRecord]:
+        query = select(Account.id, Account.name, Account.disabled, Account.created_at)
+        if only is not None:
+            query = query.where(Account.name == only)
+        if last is not None:
+            query = query.where(Account.name > last)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(query.order_by(Account.name).limit(limit + 1)).all()
+        records = [AccountRecord(int(r.id), r.name, bool(r.disabled), _aware(r.created_at)) for r in rows]
+        return _listing(records, limit, lambda a: a.name)
+
+    def principals_page(
+        self, account: str, kind: str, limit: int, last: str | None, *, owner_id: int | None = None
+    ) -> Listing[PrincipalRecord]:
+        """An account's principals of one kind by login; with `owner_id`, only that user's keys."""
+        query = (
+            select(*_PRINCIPAL_COLUMNS)
+            .join(Account, Account.id == Principal.account_id)
+            .where(Account.name == account, Principal.kind == kind)
+        )
+        if owner_id is not None:
+            query = query.where(Principal.owner_id == owner_id)
+        if last is not None:
+            query = query.where(Principal.login > last)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(query.order_by(Principal.login).limit(limit + 1)).all()
+        return _listing([_principal(r) for r in rows], limit, lambda p: p.login)
+
+    def repositories_page(
+        self, account: str, limit: int, last: str | None, *, viewer: str | None = None
+    ) -> Listing[str]:
+        """Names of the account's repositories; with `viewer` (another account), only those it may
+        pull: public ones and those a policy lets it pull."""
+        query = select(Repository.name).where(
+            Repository.name >= f"{account}/",
+            Repository.name < f"{account}0",  # '/' + 1 == '0'
+        )
+        if viewer is not None:
+            public = exists().where(
+                RepositorySettings.repository == Repository.name, RepositorySettings.visibility == "public"
+            )
+            shared = exists().where(
+                RepositoryPolicy.repository == Repository.name,
+                RepositoryPolicy.account_id
+                == select(Account.id).where(Account.name == viewer).scalar_subquery(),
+                RepositoryPolicy.actions.contains("pull"),
+            )
+            query = query.where(or_(public, shared))
+        if last is not None:
+            query = query.where(Repository.name > last)
+        with read_transaction(self.engine) as conn:
+            names = list(conn.execute(query.order_by(Repository.name).limit(limit + 1)).scalars())
+        return _listing(names, limit, lambda name: name)
+
+    def policies_page(
+        self, repository: str, limit: int, last: str | None
+    ) -> Listing[tuple[str, frozenset[str]]]:
+        """The accounts that policies on the repository grant to, by name, and their actions."""
+        query = (
+            select(Account.name, RepositoryPolicy.actions)
+            .join(Account, Account.id == RepositoryPolicy.account_id)
+            .where(RepositoryPolicy.repository == repository)
+        )
+        if last is not None:
+            query = query.where(Account.name > last)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(query.order_by(Account.name).limit(limit + 1)).all()
+        grants = [(str(r.name), frozenset(str(r.actions).split(","))) for r in rows]
+        return _listing(grants, limit, lambda grant: grant[0])
+
+
+def _listing(rows: list[T], limit: int, key: Callable[[T], str]) -> Listing[T]:
+    """`rows` were fetched with LIMIT limit + 1: one more than the page says there is a next one."""
+    if len(rows) > limit:
+        return Listing(rows[:limit], key(rows[limit - 1]))
+    return Listing(rows)

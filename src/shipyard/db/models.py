@@ -142,6 +142,8 @@ class Account(Base):
     name: Mapped[str] = mapped_column(_bytewise(64), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(TZ)
+    # the AuthChanges serial of the last write to the row (what in-memory principal views poll for)
+    change_serial: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", index=True)
 
 
 class Principal(Base):
@@ -166,6 +168,21 @@ class Principal(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ)
     last_used_at: Mapped[datetime | None] = mapped_column(TZ)
+    # the AuthChanges serial of the last write to the row
+    change_serial: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", index=True)
+
+
+class AuthChanges(Base):
+    """One row counting writes to accounts and principals, so that other processes can ask "what changed
+    since serial N" cheaply. Writers increment `serial` in their own transaction (the row lock puts the
+    serials in commit order) and stamp the rows they touch; `deletions` counts deletes, which leave no
+    row to stamp."""
+
+    __tablename__ = "auth_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger, default=0)
+    deletions: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class RepositorySettings(Base):
@@ -190,9 +207,12 @@ class RepositoryPolicy(Base):
 
 
 class AuditEvent(Base):
-    """Denied requests and failed logins: who, what, from where, why."""
+    """Denied requests, failed logins and management actions: who, what, from where, how it ended
+    and why."""
 
     __tablename__ = "audit_events"
+    # an account's admins read its events newest first
+    __table_args__ = (Index("ix_audit_events_account_id", "account", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(TZ, index=True)
@@ -201,3 +221,8 @@ class AuditEvent(Base):
     source: Mapped[str | None] = mapped_column(String(255))
     action: Mapped[str | None] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(Text)
+    # the account acted on, and what in it (management actions)
+    account: Mapped[str | None] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    # allowed, denied or failed; the events written before management actions were audited are denials
+    outcome: Mapped[str] = mapped_column(String(16), server_default="denied")

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from shipyard.auth import tokens
 from shipyard.auth.credentials import DUMMY_HASH, hash_secret, new_secret, verify_secret
@@ -20,6 +21,7 @@ from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions
 from shipyard.domain.errors import NameInvalid, TooManyRequests, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action, CatalogFilter, Identity
+from shipyard.services.principals import PrincipalView
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("shipyard.audit")
@@ -39,6 +41,14 @@ class AuthConfig:
     login_password_user: str = "shipyard"
     max_failures: int = 10
     failure_window: float = 300.0
+    # how old the in-memory principal view may get before a check refreshes it (see PrincipalView)
+    principal_max_age: float = 5.0
+
+
+class InvalidCredentials(Unauthorized):
+    """Wrong user name or password: the message says so, as clients print only the message."""
+
+    message = "invalid username or password"
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class IdentityService:
         self.keys = keys
         self.config = config or AuthConfig()
         self.limiter = LoginLimiter(self.config.max_failures, self.config.failure_window)
+        self.principals = PrincipalView(accounts, self.config.principal_max_age)
         self._verified: OrderedDict[str, tokens.Claims] = OrderedDict()
         self._verified_lock = threading.Lock()
 
@@ -136,18 +147,43 @@ class IdentityService:
 
     def login(self, login: str, secret: str, source: str) -> PrincipalRecord:
         """Check Basic credentials: a user password, an access key, a robot secret or a login password."""
+        if login == self.config.login_password_user:
+            return self._login_with_login_password(secret, source)
         self.limiter.check(login, source)
         principal, reason = self._check_credentials(login, secret)
         if principal is None:
-            self.limiter.fail(login, source)
-            self.audit("login-failed", principal=login, source=source, action="login", reason=reason)
-            raise Unauthorized("invalid credentials")
+            self._login_failed(login, source, reason)
         self.limiter.succeed(login, source)
         return principal
 
+    def _login_failed(self, login: str, source: str, reason: str) -> NoReturn:
+        self.limiter.fail(login, source)
+        self.audit("login-failed", principal=login, source=source, action="login", reason=reason)
+        raise InvalidCredentials("invalid credentials")
+
+    def _login_with_login_password(self, secret: str, source: str) -> PrincipalRecord:
+        """Failures count against the principal the password names when its signature holds, so that
+        someone else's garbage from the same address blocks no one; unsigned garbage can only count
+        against the fixed user name at that address, and is looked at before the limiter is."""
+        try:
+            claims = tokens.verify(
+                self.keys, secret, issuer=self.config.issuer, audience=f"{self.config.service}/login"
+            )
+        except TokenRejected as exc:
+            self.limiter.check(self.config.login_password_user, source)
+            self._login_failed(
+                self.config.login_password_user, source, f"login password rejected: {exc.reason}"
+            )
+        # the principal's login: its login passwords and its own secret share one failure count
+        who = claims.subject or self.config.login_password_user
+        self.limiter.check(who, source)
+        principal, reason = self.principal_for_token(claims)
+        if principal is None:
+            self._login_failed(who, source, f"login password: {reason}")
+        self.limiter.succeed(who, source)
+        return principal
+
     def _check_credentials(self, login: str, secret: str) -> tuple[PrincipalRecord | None, str]:
-        if login == self.config.login_password_user:
-            return self._check_login_password(secret)
         found = self.accounts.get_principal(login)
         if found is None:
             verify_secret(DUMMY_HASH, secret)  # same cost as a real check: timing tells nothing
@@ -159,20 +195,13 @@ class IdentityService:
             return None, "principal or account disabled"
         return principal, ""
 
-    def _check_login_password(self, secret: str) -> tuple[PrincipalRecord | None, str]:
-        try:
-            claims = tokens.verify(
-                self.keys, secret, issuer=self.config.issuer, audience=f"{self.config.service}/login"
-            )
-        except TokenRejected as exc:
-            return None, f"login password rejected: {exc.reason}"
-        return self._principal_from_claims(claims)
-
-    def _principal_from_claims(self, claims: tokens.Claims) -> tuple[PrincipalRecord | None, str]:
+    def principal_for_token(self, claims: tokens.Claims) -> tuple[PrincipalRecord | None, str]:
+        """The principal a verified token names, from the in-memory view (no database query), if it
+        is still active and the token is of its current generation."""
         principal_id = claims.extra.get("pid")
         if not isinstance(principal_id, int):
             return None, "token names no principal"
-        principal = self.accounts.get_principal_by_id(principal_id)
+        principal = self.principals.get(principal_id, issued_at=claims.issued_at)
         if principal is None:
             return None, "principal no longer exists"
         if not principal.active:
@@ -201,7 +230,7 @@ class IdentityService:
         except TokenRejected as exc:
             self.audit("refresh-failed", principal=None, source=source, action="refresh", reason=exc.reason)
             raise Unauthorized("invalid refresh token") from None
-        principal, reason = self._principal_from_claims(claims)
+        principal, reason = self.principal_for_token(claims)
         if principal is None:
             self.audit(
                 "refresh-failed", principal=claims.subject, source=source, action="refresh", reason=reason
@@ -235,7 +264,7 @@ class IdentityService:
         access = self.grant(principal, requested)
         extra: dict[str, object] = {}
         if principal is not None:
-            extra = {"pid": principal.id, "acct": principal.account}
+            extra = {"pid": principal.id, "acct": principal.account, "gen": principal.token_generation}
         token, claims = tokens.issue(
             self.keys,
             issuer=self.config.issuer,
@@ -288,19 +317,26 @@ class TokenAccess:
         try:
             claims = self.identity.verify_token(credentials.strip())
         except TokenRejected as exc:
-            self.identity.audit(
-                "token-rejected", principal=None, source=source, action=None, reason=exc.reason
-            )
-            raise Unauthorized("invalid token", extra={"error": "invalid_token"}) from None
-        pid = claims.extra.get("pid")
+            self._reject(None, source, exc.reason)
+        principal_id = None
+        if claims.subject:
+            # a token outlives its principal's disabling or revocation by at most the view's max age
+            principal, reason = self.identity.principal_for_token(claims)
+            if principal is None:
+                self._reject(claims.subject, source, reason)
+            principal_id = principal.id
         return TokenIdentity(
             claims.subject,
             anonymous=not claims.subject,
             access=claims.access,
             has_token=True,
-            principal_id=pid if isinstance(pid, int) else None,
+            principal_id=principal_id,
             source=source,
         )
+
+    def _reject(self, principal: str | None, source: str | None, reason: str) -> NoReturn:
+        self.identity.audit("token-rejected", principal=principal, source=source, action=None, reason=reason)
+        raise Unauthorized("invalid token", extra={"error": "invalid_token"}) from None
 
     def require_authenticated(self, identity: Identity) -> None:
         if not (isinstance(identity, TokenIdentity) and identity.has_token):
@@ -310,7 +346,7 @@ class TokenAccess:
         public = frozenset(self.identity.accounts.public_repositories())
         principal = None
         if isinstance(identity, TokenIdentity) and identity.principal_id is not None:
-            principal = self.identity.accounts.get_principal_by_id(identity.principal_id)
+            principal = self.identity.principals.get(identity.principal_id)
         if principal is None or not principal.active:
             return CatalogFilter((), public)
         if is_superuser(principal):
