@@ -521,3 +521,23 @@ def test_authentication_is_on_unless_insecure_no_auth(
         finally:
             client.close()
             app.close()
+
+
+def test_issuing_a_login_password_is_audited_without_the_password(fresh_registry: AuthRegistry) -> None:
+    accounts = fresh_registry.identity.accounts
+    before = max((e.id for e in accounts.audit_page(1000, None)), default=0)
+    password = login_password(fresh_registry, "alpha-writer")
+    events = [e for e in accounts.audit_page(1000, None) if e.id > before]
+    issued = [e for e in events if e.action == "login-password.issue"]
+    assert len(issued) == 1, events
+    event = issued[0]
+    assert (event.principal, event.account, event.target, event.outcome) == (
+        "alpha-writer",
+        "alpha",
+        "alpha-writer",
+        "allowed",
+    )
+    assert event.source and event.source != "local"  # the client's address
+    assert event.reason.startswith("expires ")
+    assert password not in repr(event)
+    assert password.split(".")[2] not in repr(event)  # not even the signature

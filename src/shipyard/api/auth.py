@@ -161,7 +161,9 @@ class AuthApi:
     async def _login_password(self, request: Request, send: Send) -> None:
         principal = await self._principal(request, required=True)
         assert principal is not None
-        password, expires_at = await self._run(self.identity.issue_login_password, principal)
+        password, expires_at = await self._run(
+            self.identity.issue_login_password, principal, source_of(request.scope)
+        )
         document = {
             "username": self.identity.config.login_password_user,
             "password": password,

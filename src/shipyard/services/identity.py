@@ -210,8 +210,9 @@ class IdentityService:
             return None, "token generation was bumped"
         return principal, ""
 
-    def issue_login_password(self, principal: PrincipalRecord) -> tuple[str, int]:
-        """A 12-hour password for `docker login -u <login_password_user>`; verified by signature."""
+    def issue_login_password(self, principal: PrincipalRecord, source: str = "local") -> tuple[str, int]:
+        """A 12-hour password for `docker login -u <login_password_user>`; verified by signature.
+        The issue is audited (never the password)."""
         password, claims = tokens.issue(
             self.keys,
             issuer=self.config.issuer,
@@ -220,6 +221,19 @@ class IdentityService:
             lifetime=self.config.login_password_lifetime,
             extra={"pid": principal.id, "acct": principal.account, "gen": principal.token_generation},
         )
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.expires_at))
+        try:
+            self.accounts.record_event(
+                "login-password.issue",
+                principal=principal.login,
+                source=source,
+                account=principal.account,
+                target=principal.login,
+                outcome="allowed",
+                reason=f"expires {expires}",
+            )
+        except Exception:
+            log.exception("could not write the audit event")
         return password, claims.expires_at
 
     def refresh(self, refresh_token: str, source: str) -> PrincipalRecord:
