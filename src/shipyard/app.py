@@ -15,8 +15,8 @@ from shipyard.api.asgi import ShipyardASGI
 from shipyard.api.auth import AuthApi
 from shipyard.api.management import ManagementApi
 from shipyard.api.oci.context import Context
-from shipyard.auth.keys import KeyRing
-from shipyard.config import Settings, load_settings
+from shipyard.auth.keys import KeyRing, SigningKeyError
+from shipyard.config import Settings, SettingsError, load_settings
 from shipyard.db import migrate
 from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
@@ -95,6 +95,7 @@ class Shipyard:
 
     def close(self) -> None:
         self.periodic.stop()
+        self.registry.metadata.stop_watching()
         self.registry.pulls.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
@@ -127,6 +128,9 @@ def build(
         keys = identity.keys
         # pick up keys that `shipyard keys rotate` added, and retire the expired ones
         periodic.every(30, keys.refresh, "signing-keys")
+        # changes to principals made by other processes; a lookup refreshes a view older than max_age
+        view = identity.principals
+        periodic.every(max(0.5, view.max_age / 2), view.refresh, "principal-view")
     context = Context(
         registry,
         policy,
@@ -142,8 +146,9 @@ def build(
             if identity is None
             else ManagementApi(identity, AccountService(identity.accounts, metadata), executor)
         ),
-        on_startup=[periodic.start],
-        on_shutdown=[periodic.stop, registry.pulls.flush],
+        # the PostgreSQL manifest cache is on only while a listener hears other processes' changes
+        on_startup=[periodic.start, metadata.watch_changes],
+        on_shutdown=[periodic.stop, metadata.stop_watching, registry.pulls.flush],
     )
     return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
 
@@ -154,9 +159,17 @@ def make_identity(settings: Settings, engine: Engine) -> IdentityService:
         service=settings.auth_service,
         token_lifetime=settings.token_lifetime_seconds,
         login_password_lifetime=settings.login_password_lifetime_seconds,
+        principal_max_age=settings.principal_max_age_seconds,
     )
     longest = max(config.token_lifetime, config.login_password_lifetime, config.refresh_lifetime)
-    keys = KeyRing(settings.resolved_keys_dir, max_token_lifetime=longest)
+    try:
+        keys = KeyRing(
+            settings.resolved_keys_dir,
+            max_token_lifetime=longest,
+            signing_key_file=settings.signing_key_file,
+        )
+    except SigningKeyError as exc:
+        raise SettingsError(f"invalid setting signing_key_file (SHIPYARD_SIGNING_KEY_FILE): {exc}") from None
     return IdentityService(AccountStore(engine), keys, config)
 
 

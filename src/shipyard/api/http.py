@@ -18,7 +18,7 @@ class ClientDisconnected(Exception):
 
 
 class Request:
-    __slots__ = ("_query", "headers", "method", "path", "query_string", "receive", "scope")
+    __slots__ = ("_headers", "_query", "method", "path", "query_string", "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -27,12 +27,32 @@ class Request:
         self.path: str = scope["path"]
         self.query_string: bytes = scope.get("query_string", b"")
         self._query: dict[str, list[str]] | None = None
-        headers: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            name = key.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {text}" if name in headers else text
-        self.headers = headers
+        # decoded on first use: the manifest GET path only ever looks at one header
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header names in lower case; repeated headers joined with ", "."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for key, value in self.scope["headers"]:
+                name = key.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[name] = f"{headers[name]}, {text}" if name in headers else text
+            self._headers = headers
+        return self._headers
+
+    def header(self, name: str) -> str | None:
+        """One header (`name` in lower case), as `headers.get(name)` gives it, without decoding the rest."""
+        if self._headers is not None:
+            return self._headers.get(name)
+        wanted = name.encode("latin-1")
+        found: str | None = None
+        for key, value in self.scope["headers"]:
+            if key == wanted or (len(key) == len(wanted) and key.lower() == wanted):
+                text = value.decode("latin-1")
+                found = text if found is None else f"{found}, {text}"
+        return found
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -83,7 +103,7 @@ class Request:
 def header_list(headers: dict[str, str] | Iterable[tuple[str, str]]) -> Headers:
     items = headers.items() if isinstance(headers, dict) else headers
     out: Headers = [API_VERSION_HEADER]
-    out.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in items)
+    out.extend([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items])
     return out
 
 
@@ -96,10 +116,17 @@ async def respond(
     head: bool = False,
     content_length: int | None = None,
 ) -> None:
-    merged = dict(headers or {})
-    if "content-length" not in merged:
-        merged["content-length"] = str(len(body) if content_length is None else content_length)
-    await send({"type": "http.response.start", "status": status, "headers": header_list(merged)})
+    raw = header_list(headers) if headers else [API_VERSION_HEADER]
+    if headers is None or "content-length" not in headers:
+        length = len(body) if content_length is None else content_length
+        raw.append((b"content-length", str(length).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def respond_raw(send: Send, status: int, headers: Headers, body: bytes, *, head: bool = False) -> None:
+    """Send a response whose header list is already encoded (and holds content-length): hot paths."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 
 from shipyard.domain.records import StoredManifest
 
@@ -31,15 +32,37 @@ class SqliteFastReader:
     def __init__(self, path: str) -> None:
         self._path = path
         self._local = threading.local()
+        self._version_lock = threading.Lock()
+        self._version_conn: sqlite3.Connection | None = None
+        self._version: int | None = None
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA query_only=1")
+            conn = self._open()
             self._local.conn = conn
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def changed(self, forget: Callable[[], object]) -> bool:
+        """Whether any other connection (this process's writers included) committed since the last
+        call (True on the first), calling `forget` first if so: no other thread is told "unchanged"
+        before it has run. One connection answers for every thread, as its versions are what the
+        answer compares. `PRAGMA data_version` costs a couple of microseconds."""
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = self._open()
+            version = self._version_conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return False
+            forget()
+            self._version = version
+            return True
 
     def _manifest(self, sql: str, repository: str, key: str) -> StoredManifest | None:
         row = self._connection().execute(sql, (repository, key)).fetchone()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
+from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener
 from shipyard.db.models import (
     Blob,
     Manifest,
@@ -37,18 +40,86 @@ def _aware(value: datetime) -> datetime:
 
 
 class MetadataStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cache_manifests: bool = True) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
         database = engine.url.database
         self._fast: SqliteFastReader | None = None
         if self._dialect == "sqlite" and database and database != ":memory:":
             self._fast = SqliteFastReader(database)
+        # manifest lookups by (repository, reference); see manifest_cache.py for how it stays correct.
+        # On SQLite it is validated on every hit; on PostgreSQL it is off until `watch_changes` listens.
+        self._cache: ManifestCache | None = None
+        self._listener: PostgresChangeListener | None = None
+        self._origin = uuid.uuid4().hex
+        if cache_manifests and (self._fast is not None or self._dialect == "postgresql"):
+            self._cache = ManifestCache(enabled=self._fast is not None)
 
     @property
     def reads_are_instant(self) -> bool:
         """Whether the hot reads are quick enough to run on the event loop (embedded SQLite)."""
         return self._fast is not None
+
+    # -- the manifest cache ------------------------------------------------------------------
+
+    def watch_changes(self, *, retry_seconds: float = 1.0) -> None:
+        """Follow other processes' manifest changes, which the PostgreSQL cache needs to be on: a
+        LISTEN thread. Nothing to do on SQLite (each hit checks the database's data version)."""
+        if self._cache is None or self._dialect != "postgresql" or self._listener is not None:
+            return
+        self._listener = PostgresChangeListener(
+            self._listener_connection, self._cache, self._origin, retry_seconds=retry_seconds
+        )
+        self._listener.start()
+
+    def stop_watching(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+    @property
+    def change_listener(self) -> PostgresChangeListener | None:
+        return self._listener
+
+    def _listener_connection(self) -> Any:
+        import psycopg
+
+        args, options = self.engine.dialect.create_connect_args(self.engine.url)
+        # keepalives notice a silently dead connection within about half a minute
+        settings = {
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+            "application_name": "shipyard manifest listener",
+            **options,
+        }
+        return psycopg.connect(*args, **settings, autocommit=True)
+
+    def cached_manifest(self, repository: str, reference: str) -> StoredManifest | None:
+        """A manifest from the cache by tag or digest, or None; never waits on the network (on
+        SQLite it asks the database whether anything changed: microseconds)."""
+        cache = self._cache
+        if cache is None:
+            return None
+        if self._fast is not None and self._fast.changed(cache.clear):
+            return None
+        return cache.get(repository, reference)
+
+    @contextmanager
+    def _manifest_change(self, repository: str) -> Iterator[Connection]:
+        """A write transaction that changes `repository`'s manifests or tags. Other processes hear of it
+        when it commits (PostgreSQL: NOTIFY in the same transaction); this process's cache forgets the
+        repository right after, before the caller can answer its client."""
+        try:
+            with write_transaction(self.engine) as conn:
+                if self._dialect == "postgresql":
+                    conn.execute(select(func.pg_notify(CHANNEL, f"{self._origin} {repository}")))
+                yield conn
+        finally:
+            if self._cache is not None:
+                self._cache.forget_repository(repository)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -189,7 +260,7 @@ class MetadataStore:
         """Write the manifest, its layer or child rows and its tags in one transaction."""
         digest = str(manifest.digest)
         now = utcnow()
-        with write_transaction(self.engine) as conn:
+        with self._manifest_change(repository) as conn:
             repository_id = self._ensure_repository(conn, repository)
             if self._dialect == "postgresql":
                 # pushes of one repository's manifests take turns (SQLite's BEGIN IMMEDIATE already
@@ -292,6 +363,24 @@ class MetadataStore:
     _MANIFEST_COLUMNS = (Manifest.id, Manifest.digest, Manifest.media_type, Manifest.size, Manifest.content)
 
     def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
+        """Read from the database (then offered to the cache; `cached_manifest` is the hit path)."""
+        cache = self._cache
+        generation = -1 if cache is None else cache.generation
+        found = self._manifest_by_tag(repository, tag)
+        if found is not None and cache is not None:
+            cache.put(repository, tag, found, generation)
+        return found
+
+    def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
+        """Read from the database (then offered to the cache; `cached_manifest` is the hit path)."""
+        cache = self._cache
+        generation = -1 if cache is None else cache.generation
+        found = self._manifest_by_digest(repository, digest)
+        if found is not None and cache is not None:
+            cache.put(repository, digest, found, generation)
+        return found
+
+    def _manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
         if self._fast is not None:
             return self._fast.manifest_by_tag(repository, tag)
         with read_transaction(self.engine) as conn:
@@ -305,7 +394,7 @@ class MetadataStore:
             None if row is None else StoredManifest(row.id, row.digest, row.media_type, row.size, row.content)
         )
 
-    def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
+    def _manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
         if self._fast is not None:
             return self._fast.manifest_by_digest(repository, digest)
         with read_transaction(self.engine) as conn:
@@ -319,7 +408,7 @@ class MetadataStore:
         )
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
-        with write_transaction(self.engine) as conn:
+        with self._manifest_change(repository) as conn:
             repository_id = self._repository_id(conn, repository)
             if repository_id is None:
                 return False
@@ -337,7 +426,7 @@ class MetadataStore:
             return True
 
     def delete_tag(self, repository: str, tag: str) -> bool:
-        with write_transaction(self.engine) as conn:
+        with self._manifest_change(repository) as conn:
             repository_id = self._repository_id(conn, repository)
             if repository_id is None:
                 return False
@@ -367,7 +456,7 @@ class MetadataStore:
 
     def delete_repository(self, repository: str) -> bool:
         """Remove a repository's tags, manifests and blob links (the blobs stay for GC)."""
-        with write_transaction(self.engine) as conn:
+        with self._manifest_change(repository) as conn:
             repository_id = self._repository_id(conn, repository)
             if repository_id is None:
                 return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -17,12 +18,13 @@ class PullSink(Protocol):
 class PullRecorder:
     def __init__(self, sink: PullSink) -> None:
         self._sink = sink
-        self._pending: dict[int, datetime] = {}
+        # manifest id -> when it was last pulled, as time.time() (the datetimes are made when flushing)
+        self._pending: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def record(self, manifest_id: int) -> None:
         # a dict store under a lock: no I/O on the request path
-        now = datetime.now(UTC)
+        now = time.time()
         with self._lock:
             self._pending[manifest_id] = now
 
@@ -32,7 +34,7 @@ class PullRecorder:
         if not pending:
             return 0
         try:
-            self._sink.record_pulls(pending)
+            self._sink.record_pulls({k: datetime.fromtimestamp(v, UTC) for k, v in pending.items()})
         except Exception:
             log.exception("could not record %d manifest pulls; will retry", len(pending))
             with self._lock:

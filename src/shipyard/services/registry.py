@@ -65,10 +65,16 @@ class UploadAppender:
             raise SizeInvalid("request body is longer than its declared length")
         self._writer.write(data)
         if self._hasher is not None:
-            self._hasher.update(data)
+            self._hasher.update(data)  # right after the write: the piece is still in the CPU cache
         self._written += len(data)
 
-    def finish(self) -> UploadState:
+    def write_all(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def finish(self, last: Iterable[bytes | bytearray | memoryview] = ()) -> UploadState:
+        """Write the `last` pieces, then make this request's bytes part of the upload."""
+        self.write_all(last)
         if self._expected is not None and self._written != self._expected:
             self.abort()
             raise SizeInvalid(f"received {self._written} bytes, expected {self._expected}")
@@ -311,6 +317,15 @@ class RegistryService:
         return PutManifestResult(
             str(manifest.digest), str(manifest.subject.digest) if manifest.subject else None
         )
+
+    def cached_manifest(self, repository: str, reference: str) -> StoredManifest | None:
+        """The manifest if the in-process cache holds it (the pull is recorded), else None: no slow
+        I/O, so callers may ask on the event loop before falling back to `get_manifest`."""
+        found = self.metadata.cached_manifest(repository, reference)
+        if found is not None:
+            # only validated references are ever cached, so a hit needs no parsing
+            self.pulls.record(found.id)
+        return found
 
     def get_manifest(self, repository: str, reference: str) -> StoredManifest:
         validate_name(repository)

@@ -94,9 +94,7 @@ class OciApi:
         method = request.method
         path = request.path
         client = request.scope.get("client")
-        identity = ctx.access.authenticate(
-            request.headers.get("authorization"), client[0] if client else None
-        )
+        identity = ctx.access.authenticate(request.header("authorization"), client[0] if client else None)
         if path in ("/v2/", "/v2"):
             if method not in ("GET", "HEAD"):
                 raise _method_not_allowed()
