@@ -318,3 +318,32 @@ def test_two_workers_refuse_a_principal_another_process_disabled(tmp_path: Path)
     finally:
         engine.dispose()
         server.stop()
+
+
+def test_a_token_seen_before_is_refused_once_it_expired_or_the_view_changed(
+    slow_view: AuthRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose token was seen before skips verification; expiry and any change to the view
+    still end that."""
+    import shipyard.services.identity as identity_module
+
+    identity = slow_view.identity
+    access = TokenAccess(identity)
+    token = slow_view.token("repository:alpha/app:pull", login="alpha-writer")
+    header = f"Bearer {token}"
+    first = access.authenticate(header, "192.0.2.7")
+    assert access.authenticate(header, "192.0.2.7") is first  # answered from the table
+    assert access.authenticate(header, "192.0.2.8") is not first  # another source: its own entry
+    # a change to any principal moves the view on: the next request checks the token's principal again
+    identity.accounts.update_principal("alpha-writer", disabled=True)
+    with pytest.raises(Unauthorized):
+        access.authenticate(header, "192.0.2.7")
+    identity.accounts.update_principal("alpha-writer", disabled=False)
+    again = access.authenticate(header, "192.0.2.7")
+    assert again is not first and again.subject == "alpha-writer"
+    # past its expiry (and the leeway) the table does not answer, and verification refuses it
+    _, payload = decode(token)
+    late = float(payload["exp"]) + 31
+    monkeypatch.setattr(identity_module.time, "time", lambda: late)
+    with pytest.raises(Unauthorized):
+        access.authenticate(header, "192.0.2.7")

@@ -321,17 +321,27 @@ class TokenAccess:
 
     def __init__(self, identity: IdentityService) -> None:
         self.identity = identity
+        # (Authorization header, source) -> (identity, valid until, principal view version): a request
+        # with a token seen before costs one dict lookup while the token lives and the view is unchanged
+        self._known: dict[tuple[str, str | None], tuple[TokenIdentity, float, int]] = {}
 
     def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
         if not authorization:
-            return TokenIdentity("", anonymous=True)
+            return _NO_TOKEN
+        known = self._known.get((authorization, source))
+        if known is not None:
+            identity, valid_until, version = known
+            if version == self.identity.principals.current_version() and time.time() <= valid_until:
+                return identity
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            return TokenIdentity("", anonymous=True)
+            return _NO_TOKEN
         try:
             claims = self.identity.verify_token(credentials.strip())
         except TokenRejected as exc:
             self._reject(None, source, exc.reason)
+        # taken before the principal is checked: a change applied meanwhile makes the entry stale
+        version = self.identity.principals.current_version()
         principal_id = None
         if claims.subject:
             # a token outlives its principal's disabling or revocation by at most the view's max age
@@ -339,7 +349,7 @@ class TokenAccess:
             if principal is None:
                 self._reject(claims.subject, source, reason)
             principal_id = principal.id
-        return TokenIdentity(
+        identity = TokenIdentity(
             claims.subject,
             anonymous=not claims.subject,
             access=claims.access,
@@ -347,6 +357,15 @@ class TokenAccess:
             principal_id=principal_id,
             source=source,
         )
+        if version is not None:
+            if len(self._known) >= 10_000:  # bound memory under a spray of tokens
+                self._known.clear()
+            self._known[(authorization, source)] = (
+                identity,
+                claims.expires_at + tokens.LEEWAY_SECONDS,
+                version,
+            )
+        return identity
 
     def _reject(self, principal: str | None, source: str | None, reason: str) -> NoReturn:
         self.identity.audit("token-rejected", principal=principal, source=source, action=None, reason=reason)
@@ -395,6 +414,9 @@ class TokenAccess:
         if repository is None:
             return grants(identity.access, "registry", "catalog", "*")
         return grants(identity.access, "repository", repository, action)
+
+
+_NO_TOKEN = TokenIdentity("", anonymous=True)
 
 
 def _challenge(action: Action) -> str:

@@ -52,6 +52,9 @@ class PrincipalView:
         self._loaded_at = float("-inf")  # on the wall clock, when the last refresh began
         self._failing = False
         self._lock = threading.Lock()
+        # bumped whenever a change is applied: an answer derived from the view at version N still holds
+        # while the view is fresh and at version N
+        self.version = 0
         store.add_change_listener(self._changed_here)
 
     @property
@@ -78,6 +81,12 @@ class PrincipalView:
         if account_disabled != principal.account_disabled:
             principal = replace(principal, account_disabled=account_disabled)
         return principal
+
+    def current_version(self) -> int | None:
+        """The view's version while it is fresh, else None (a lookup would refresh it first)."""
+        if self._clock() >= self._fresh_until:
+            return None
+        return self.version
 
     def refresh(self) -> bool:
         """Apply what changed in the database since the last refresh (everything, the first time).
@@ -131,3 +140,4 @@ class PrincipalView:
                     del self._accounts[name]
         self._serial = changes.serial
         self._deletions = changes.deletions
+        self.version += 1
