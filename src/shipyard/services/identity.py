@@ -330,9 +330,9 @@ class TokenAccess:
             return _NO_TOKEN
         known = self._known.get((authorization, source))
         if known is not None:
-            identity, valid_until, version = known
-            if version == self.identity.principals.current_version() and time.time() <= valid_until:
-                return identity
+            seen, valid_until, seen_version = known
+            if seen_version == self.identity.principals.current_version() and time.time() <= valid_until:
+                return seen
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             return _NO_TOKEN
