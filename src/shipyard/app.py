@@ -107,7 +107,8 @@ def build(
     engine = make_engine(settings.resolved_database_url, pool_size=min(settings.threads, 16))
     if run_migrations:
         migrate.upgrade(engine)
-    metadata = MetadataStore(engine)
+    # the workers of this server share a manifest change counter here (see db/manifest_cache.py)
+    metadata = MetadataStore(engine, change_file=settings.data_dir / "manifest-changes")
     registry = RegistryService(metadata, make_blob_store(settings), delete_enabled=settings.delete_enabled)
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="shipyard-io")
     periodic = Periodic()

@@ -10,6 +10,10 @@ so every change to a repository's manifests or tags drops all of that repository
   before each hit (any commit by another connection clears the cache); on PostgreSQL, each writer sends
   a NOTIFY in the transaction of the change and `PostgresChangeListener` drops the repository named in
   it. While the listener is not connected the cache is off: a missed notification cannot go stale.
+- A NOTIFY reaches the other processes a moment after the commit. Worker processes of one server share
+  a `SharedChangeCounter` (a memory-mapped file in the data directory) that a writer bumps before it
+  answers its client, and every hit checks it first: a client whose write was answered never reads the
+  old state from another worker. Servers on other hosts rely on the NOTIFY alone (milliseconds).
 
 A lookup that misses reads the database and offers the row with the generation it saw before reading;
 an invalidation in between bumps the generation, so a row read before a change is never stored after it.
@@ -17,10 +21,14 @@ an invalidation in between bumps the generation, so a row read before a change i
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import mmap
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shipyard.domain.records import StoredManifest
@@ -117,6 +125,46 @@ class ManifestCache:
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+class SharedChangeCounter:
+    """A counter in a memory-mapped file that the processes of one host share: `bump` after a change
+    commits, `value` before trusting the cache. Reading it costs no system call."""
+
+    SIZE = 8
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(self._fd).st_size < self.SIZE:
+                    os.ftruncate(self._fd, self.SIZE)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._map = mmap.mmap(self._fd, self.SIZE)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def value(self) -> int:
+        return int.from_bytes(self._map[: self.SIZE], "little")
+
+    def bump(self) -> tuple[int, int]:
+        """Count one change; returns the values before and after."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # one writer at a time across processes
+        try:
+            before = self.value()
+            after = (before + 1) % (1 << 63)
+            self._map[: self.SIZE] = after.to_bytes(self.SIZE, "little")
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return before, after
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
 
 
 Connect = Callable[[], Any]

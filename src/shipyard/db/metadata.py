@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, or_, select, update
@@ -14,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
-from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener
+from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener, SharedChangeCounter
 from shipyard.db.models import (
     Blob,
     Manifest,
@@ -40,7 +41,12 @@ def _aware(value: datetime) -> datetime:
 
 
 class MetadataStore:
-    def __init__(self, engine: Engine, *, cache_manifests: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, cache_manifests: bool = True, change_file: Path | None = None
+    ) -> None:
+        """`change_file`: where the processes of one server (its workers) share a manifest change
+        counter, so that none serves from its cache what another changed (PostgreSQL; see
+        manifest_cache.py). Without it, other processes hear of changes by NOTIFY only."""
         self.engine = engine
         self._dialect = engine.dialect.name
         database = engine.url.database
@@ -54,6 +60,11 @@ class MetadataStore:
         self._origin = uuid.uuid4().hex
         if cache_manifests and (self._fast is not None or self._dialect == "postgresql"):
             self._cache = ManifestCache(enabled=self._fast is not None)
+        self._counter: SharedChangeCounter | None = None
+        self._counter_seen = 0
+        if self._cache is not None and self._dialect == "postgresql" and change_file is not None:
+            self._counter = SharedChangeCounter(change_file)
+            self._counter_seen = self._counter.value()
 
     @property
     def reads_are_instant(self) -> bool:
@@ -105,6 +116,12 @@ class MetadataStore:
             return None
         if self._fast is not None and self._fast.changed(cache.clear):
             return None
+        counter = self._counter
+        if counter is not None and (seen := counter.value()) != self._counter_seen:
+            # another worker changed something (its NOTIFY may still be on its way)
+            self._counter_seen = seen
+            cache.clear()
+            return None
         return cache.get(repository, reference)
 
     @contextmanager
@@ -120,6 +137,12 @@ class MetadataStore:
         finally:
             if self._cache is not None:
                 self._cache.forget_repository(repository)
+            if self._counter is not None:
+                # before the caller answers: the other workers' next hit sees it; this process has
+                # forgotten the repository already, so its own change clears nothing else here
+                before, after = self._counter.bump()
+                if before == self._counter_seen:
+                    self._counter_seen = after
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from shipyard.db import migrate
 from shipyard.db.engine import make_engine
-from shipyard.db.manifest_cache import ManifestCache
+from shipyard.db.manifest_cache import ManifestCache, SharedChangeCounter
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.records import StoredManifest
 from tests.unit.db.test_metadata import push
@@ -353,3 +353,61 @@ def test_a_store_built_without_the_cache_never_caches(engine: Engine) -> None:
     push(store, "app", b"config", b"layer", tags=["latest"])
     assert lookup(store, "app", "latest") is not None
     assert store.cached_manifest("app", "latest") is None
+
+
+# -- workers of one server: a shared change counter, no waiting for the NOTIFY -----------------------
+
+
+def test_a_shared_change_counter_is_seen_by_every_process_mapping_it(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "manifest-changes"
+    first, second = SharedChangeCounter(path), SharedChangeCounter(path)
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert first.value() == second.value() == 0
+        assert first.bump() == (0, 1)
+        assert second.value() == 1
+        assert second.bump() == (1, 2)
+        assert first.value() == 2
+        third = SharedChangeCounter(path)  # a worker started later keeps the count
+        assert third.value() == 2
+        third.close()
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_workers_sharing_a_change_file_never_serve_what_another_changed(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """No listener here, so no NOTIFY can help: only the shared counter keeps the reader right."""
+    migrate.upgrade(engine)
+    change_file = tmp_path / "manifest-changes"
+    other_engine = make_engine(engine.url.render_as_string(hide_password=False))
+    reader = MetadataStore(engine, change_file=change_file)
+    writer = MetadataStore(other_engine, change_file=change_file)
+    try:
+        for store in (reader, writer):
+            assert store._cache is not None
+            store._cache.enable()  # as a connected listener would; it never hears anything here
+        old = push(writer, "app", b"config 1", b"layer", tags=["latest"])
+        push(writer, "other", b"config 3", b"layer", tags=["stable"])
+        found = lookup(reader, "app", "latest")
+        assert found is not None and found.digest == str(old.digest)
+        assert reader.cached_manifest("app", "latest") is not None
+        assert lookup(writer, "other", "stable") is not None
+
+        new = push(writer, "app", b"config 2", b"layer", tags=["latest"])
+        # at once, without waiting for anything: the reader's next hit finds the counter moved
+        assert reader.cached_manifest("app", "latest") is None
+        found = lookup(reader, "app", "latest")
+        assert found is not None and found.digest == str(new.digest)
+        assert reader.cached_manifest("app", "latest") is not None
+        # the writer's own change forgot only the repository it changed
+        assert writer.cached_manifest("other", "stable") is not None
+
+        writer.delete_tag("app", "latest")
+        assert reader.cached_manifest("app", "latest") is None
+        assert lookup(reader, "app", "latest") is None
+    finally:
+        other_engine.dispose()
