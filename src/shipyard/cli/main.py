@@ -36,13 +36,9 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-UPLOAD_BUFFER_BYTES = 4 * 1024 * 1024
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     from shipyard.app import build
@@ -80,9 +76,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_access=False,
         log_level=LogLevels(settings.log_level),
-        # request bodies reach the app in pieces of up to this size: fewer, larger pieces for uploads
-        # (measured: a 1 GiB PUT about 1.2x faster, and 15% less CPU, than with the 408 KiB default)
-        http1_settings=HTTP1Settings(max_buffer_size=UPLOAD_BUFFER_BYTES),
         ssl_cert=cert,
         ssl_key=key,
     )
