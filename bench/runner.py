@@ -383,7 +383,8 @@ def execute(options: Options) -> dict[str, Any]:
             log(f"{run.elapsed()} seeding the registries")
             seed_registries(bench)
             check_registries(bench)
-            if bench.wants("manifest_get"):
+            wanted = [f"manifest_get_{ref}.c{c}" for ref in ("tag", "digest") for c in sizes.connections]
+            if any(bench.wants(name) for name in wanted):
                 seed_auth(bench)
             for metric, by_server in bench.setup_metrics.items():
                 for name, value in by_server.items():
