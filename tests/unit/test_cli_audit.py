@@ -5,52 +5,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from shipyard.cli import manage
-from shipyard.cli.main import main
-from tests.support.server import ServerProcess, start_server
+from tests.support.manage_cli import ManageCli, serve_with_auth
+from tests.support.server import ServerProcess
 
 ADMIN_PASSWORD = "cli-audit-admin-password"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data_dir = tmp_path_factory.mktemp("cli-audit") / "data"
-    process = start_server(data_dir, auth=True, extra_env={"SHIPYARD_ADMIN_PASSWORD": ADMIN_PASSWORD})
-    yield process
-    process.stop()
-
-
-class Cli:
-    def __init__(
-        self, server: ServerProcess, capsys: pytest.CaptureFixture[str], mp: pytest.MonkeyPatch
-    ) -> None:
-        self.server = server
-        self.capsys = capsys
-        self.mp = mp
-
-    def run(self, *argv: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> tuple[int, str, str]:
-        self.mp.setenv("SHIPYARD_PASSWORD", password)
-        self.capsys.readouterr()
-        code = main([*argv, "--registry", self.server.url, "-u", user])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> Any:
-        code, out, err = self.run(*argv, "--json", user=user, password=password)
-        assert code == 0, err
-        return json.loads(out)
+    yield from serve_with_auth(tmp_path_factory, "cli-audit", ADMIN_PASSWORD)
 
 
 @pytest.fixture
-def cli(server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(server, capsys, monkeypatch)
+def cli(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> ManageCli:
+    return ManageCli(server, capsys, monkeypatch, ADMIN_PASSWORD)
 
 
-def test_listings_follow_the_pages(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_listings_follow_the_pages(cli: ManageCli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.run("accounts", "create", "pages")[0] == 0
     for name in ("p1", "p2", "p3", "p4", "p5"):
         assert cli.run("robots", "create", "pages", name)[0] == 0
@@ -66,7 +43,7 @@ def test_listings_follow_the_pages(cli: Cli, monkeypatch: pytest.MonkeyPatch) ->
     assert exited.value.code == 2
 
 
-def test_audit_list_shows_who_did_what_from_the_cli(cli: Cli) -> None:
+def test_audit_list_shows_who_did_what_from_the_cli(cli: ManageCli) -> None:
     assert cli.run("accounts", "create", "audit-cli")[0] == 0
     assert cli.run("accounts", "create", "audit-peer")[0] == 0
     boss = cli.json("users", "create", "audit-cli", "ac-boss", "--role", "admin")

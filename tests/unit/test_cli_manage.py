@@ -3,53 +3,30 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from shipyard.cli.main import main
-from tests.support.server import ServerProcess, start_server
+from tests.support.manage_cli import ManageCli, serve_with_auth
+from tests.support.server import ServerProcess
 
 ADMIN_PASSWORD = "cli-admin-password"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data_dir = tmp_path_factory.mktemp("cli-manage") / "data"
-    process = start_server(data_dir, auth=True, extra_env={"SHIPYARD_ADMIN_PASSWORD": ADMIN_PASSWORD})
-    yield process
-    process.stop()
-
-
-class Cli:
-    def __init__(
-        self, server: ServerProcess, capsys: pytest.CaptureFixture[str], mp: pytest.MonkeyPatch
-    ) -> None:
-        self.server = server
-        self.capsys = capsys
-        self.mp = mp
-
-    def run(self, *argv: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> tuple[int, str, str]:
-        self.mp.setenv("SHIPYARD_PASSWORD", password)
-        self.capsys.readouterr()
-        code = main([*argv, "--registry", self.server.url, "-u", user])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> Any:
-        code, out, err = self.run(*argv, "--json", user=user, password=password)
-        assert code == 0, err
-        return json.loads(out)
+    yield from serve_with_auth(tmp_path_factory, "cli-manage", ADMIN_PASSWORD)
 
 
 @pytest.fixture
-def cli(server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(server, capsys, monkeypatch)
+def cli(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> ManageCli:
+    return ManageCli(server, capsys, monkeypatch, ADMIN_PASSWORD)
 
 
-def test_whoami_prints_a_table(cli: Cli) -> None:
+def test_whoami_prints_a_table(cli: ManageCli) -> None:
     code, out, _ = cli.run("whoami")
     assert code == 0
     header, row = out.splitlines()
@@ -58,7 +35,7 @@ def test_whoami_prints_a_table(cli: Cli) -> None:
     assert cli.json("whoami")["superuser"] is True
 
 
-def test_bad_credentials_and_missing_registry(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_credentials_and_missing_registry(cli: ManageCli, monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = cli.run("whoami", password="wrong")
     assert code == 1 and "401" in err and "UNAUTHORIZED" in err
     monkeypatch.delenv("SHIPYARD_REGISTRY", raising=False)
@@ -66,7 +43,7 @@ def test_bad_credentials_and_missing_registry(cli: Cli, monkeypatch: pytest.Monk
     assert main(["whoami", "-u", "admin"]) == 2
 
 
-def test_accounts_users_keys_robots_and_repos(cli: Cli) -> None:
+def test_accounts_users_keys_robots_and_repos(cli: ManageCli) -> None:
     code, out, _ = cli.run("accounts", "create", "acme")
     assert code == 0 and "acme" in out
     code, out, _ = cli.run("accounts", "list")

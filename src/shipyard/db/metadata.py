@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -386,21 +386,21 @@ class MetadataStore:
     _MANIFEST_COLUMNS = (Manifest.id, Manifest.digest, Manifest.media_type, Manifest.size, Manifest.content)
 
     def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
-        """Read from the database (then offered to the cache; `cached_manifest` is the hit path)."""
-        cache = self._cache
-        generation = -1 if cache is None else cache.generation
-        found = self._manifest_by_tag(repository, tag)
-        if found is not None and cache is not None:
-            cache.put(repository, tag, found, generation)
-        return found
+        return self._read_through(repository, tag, self._manifest_by_tag)
 
     def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
-        """Read from the database (then offered to the cache; `cached_manifest` is the hit path)."""
+        return self._read_through(repository, digest, self._manifest_by_digest)
+
+    def _read_through(
+        self, repository: str, reference: str, read: Callable[[str, str], StoredManifest | None]
+    ) -> StoredManifest | None:
+        """Read from the database, then offer the row to the cache (`cached_manifest` is the hit
+        path) with the generation seen before reading."""
         cache = self._cache
         generation = -1 if cache is None else cache.generation
-        found = self._manifest_by_digest(repository, digest)
+        found = read(repository, reference)
         if found is not None and cache is not None:
-            cache.put(repository, digest, found, generation)
+            cache.put(repository, reference, found, generation)
         return found
 
     def _manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
