@@ -95,7 +95,7 @@ class Shipyard:
 
     def close(self) -> None:
         self.periodic.stop()
-        self.registry.metadata.stop_watching()
+        self.registry.metadata.close()
         self.registry.pulls.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()

@@ -88,6 +88,13 @@ class MetadataStore:
         if listener is not None:
             listener.stop()
 
+    def close(self) -> None:
+        """Stop the listener and release the shared change counter (its file and mapping)."""
+        self.stop_watching()
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.close()
+
     @property
     def change_listener(self) -> PostgresChangeListener | None:
         return self._listener

@@ -409,5 +409,11 @@ def test_workers_sharing_a_change_file_never_serve_what_another_changed(
         writer.delete_tag("app", "latest")
         assert reader.cached_manifest("app", "latest") is None
         assert lookup(reader, "app", "latest") is None
+        # closed, a store no longer touches the counter, and its writes still commit
+        writer.close()
+        push(writer, "app", b"config 4", b"layer", tags=["latest"])
+        assert lookup(reader, "app", "latest") is not None
     finally:
+        reader.close()
+        writer.close()
         other_engine.dispose()
