@@ -30,6 +30,18 @@ from shipyard.domain.errors import ManifestBlobUnknown
 from shipyard.domain.manifest import ParsedManifest
 from shipyard.domain.records import Page, Referrer, StoredManifest, UploadState
 
+# Built once: composing a statement per request costs more than PostgreSQL takes to answer it.
+_TAG_PAGE = (
+    select(Tag.name)
+    .where(
+        Tag.repository_id
+        == select(Repository.id).where(Repository.name == bindparam("repository")).scalar_subquery(),
+        Tag.name > bindparam("last"),
+    )
+    .order_by(Tag.name)
+    .limit(bindparam("limit"))
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -506,14 +518,16 @@ class MetadataStore:
             return self._repository_id(conn, repository) is not None
 
     def list_tags(self, repository: str, limit: int, last: str | None) -> Page | None:
+        # One statement for every page, first or not (every tag sorts after ""); only an empty page
+        # asks whether the repository exists at all.
         with read_transaction(self.engine) as conn:
-            repository_id = self._repository_id(conn, repository)
-            if repository_id is None:
+            names = list(
+                conn.execute(
+                    _TAG_PAGE, {"repository": repository, "last": last or "", "limit": limit + 1}
+                ).scalars()
+            )
+            if not names and self._repository_id(conn, repository) is None:
                 return None
-            query = select(Tag.name).where(Tag.repository_id == repository_id)
-            if last is not None:
-                query = query.where(Tag.name > last)
-            names = list(conn.execute(query.order_by(Tag.name).limit(limit + 1)).scalars())
         return Page(names[:limit], len(names) > limit)
 
     def catalog(
