@@ -1,4 +1,5 @@
-"""The hot reads (manifest by tag or digest, blob of a repository) on SQLite without the ORM layer.
+"""The hot reads (manifest by tag or digest, blob of a repository, upload state) on SQLite without
+the ORM layer.
 
 The stdlib driver on a per-thread read-only connection answers in microseconds (MEASUREMENTS.md:
 ~100k lookups/s against ~5k through a pooled SQLAlchemy session), fast enough to run on the event loop
@@ -22,6 +23,7 @@ _BY_DIGEST = (
     "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM manifests m "
     "JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?"
 )
+_UPLOAD = "SELECT repository, size, created_at FROM upload_sessions WHERE id = ?"
 _LINKED_BLOB = (
     "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest "
     "JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND b.digest = ?"
@@ -79,3 +81,8 @@ class SqliteFastReader:
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
         row = self._connection().execute(_LINKED_BLOB, (repository, digest)).fetchone()
         return None if row is None else int(row[0])
+
+    def upload(self, upload_id: str) -> tuple[str, int, str] | None:
+        """(repository, size, created_at as SQLAlchemy stores it) of an upload, or None."""
+        row = self._connection().execute(_UPLOAD, (upload_id,)).fetchone()
+        return None if row is None else (row[0], int(row[1]), row[2])

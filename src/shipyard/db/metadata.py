@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shipyard.db.engine import read_transaction, write_transaction
+from shipyard.db import sql
+from shipyard.db.engine import autocommit, read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
 from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener, SharedChangeCounter
 from shipyard.db.models import (
@@ -41,6 +42,11 @@ _TAG_PAGE = (
     .order_by(Tag.name)
     .limit(bindparam("limit"))
 )
+
+
+def _cursor(conn: Connection) -> Any:
+    """The DBAPI cursor of `conn`, inside its transaction."""
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
 def utcnow() -> datetime:
@@ -144,15 +150,31 @@ class MetadataStore:
         return cache.get(repository, reference)
 
     @contextmanager
-    def _manifest_change(self, repository: str) -> Iterator[Connection]:
-        """A write transaction that changes `repository`'s manifests or tags. Other processes hear of it
-        when it commits (PostgreSQL: NOTIFY in the same transaction); this process's cache forgets the
-        repository right after, before the caller can answer its client."""
+    def _manifest_change(
+        self, repository: str, *, create: bool = False
+    ) -> Iterator[tuple[Connection, int | None]]:
+        """A write transaction that changes `repository`'s manifests or tags, and the repository's id
+        (None when it does not exist, unless `create`d). Other processes hear of it when it commits
+        (PostgreSQL: NOTIFY in the same transaction); this process's cache forgets the repository right
+        after, before the caller can answer its client. Changes of one repository take turns: SQLite's
+        BEGIN IMMEDIATE serializes all writes, and on PostgreSQL the repository's row is locked."""
         try:
             with write_transaction(self.engine) as conn:
+                cursor = _cursor(conn)
+                now = utcnow()
                 if self._dialect == "postgresql":
-                    conn.execute(select(func.pg_notify(CHANNEL, f"{self._origin} {repository}")))
-                yield conn
+                    payload = f"{self._origin} {repository}"
+                    cursor.execute(
+                        sql.PG_LOCK_REPOSITORY, {"name": repository, "channel": CHANNEL, "payload": payload}
+                    )
+                    repository_id = cursor.fetchone()[0]
+                    if repository_id is None and create:
+                        cursor.execute(sql.PG_CREATE_REPOSITORY, {"name": repository, "now": now})
+                        cursor.execute(sql.PG_LOCK_ONLY, {"name": repository})
+                        repository_id = cursor.fetchone()[0]
+                else:
+                    repository_id = self._sqlite_repository_id(cursor, repository, create, now)
+                yield conn, repository_id
         finally:
             if self._cache is not None:
                 self._cache.forget_repository(repository)
@@ -178,6 +200,17 @@ class MetadataStore:
         return int(conn.execute(select(Repository.id).where(Repository.name == name)).scalar_one())
 
     @staticmethod
+    def _sqlite_repository_id(cursor: Any, name: str, create: bool, now: datetime) -> int | None:
+        """The repository's id on SQLite, inside a write transaction (so an insert cannot race)."""
+        row = cursor.execute(sql.REPOSITORY_ID.sqlite, {"name": name}).fetchone()
+        if row is not None:
+            return int(row[0])
+        if not create:
+            return None
+        cursor.execute(sql.CREATE_REPOSITORY.sqlite, {"name": name, "now": sql.sqlite_time(now)})
+        return int(cursor.lastrowid)
+
+    @staticmethod
     def _repository_id(conn: Connection, name: str) -> int | None:
         value = conn.execute(select(Repository.id).where(Repository.name == name)).scalar()
         return None if value is None else int(value)
@@ -187,6 +220,11 @@ class MetadataStore:
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
         if self._fast is not None:
             return self._fast.linked_blob_size(repository, digest)
+        if self._dialect == "postgresql":
+            with autocommit(self.engine) as cursor:
+                cursor.execute(sql.PG_LINKED_BLOB_SIZE, (repository, digest))
+                row = cursor.fetchone()
+            return None if row is None else int(row[0])
         with read_transaction(self.engine) as conn:
             value = conn.execute(
                 select(Blob.size)
@@ -201,20 +239,43 @@ class MetadataStore:
             value = conn.execute(select(Blob.size).where(Blob.digest == digest)).scalar()
         return None if value is None else int(value)
 
-    def link_blob(self, repository: str, digest: str, size: int, media_type: str | None = None) -> None:
+    def link_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        media_type: str | None = None,
+        *,
+        finished_upload: str | None = None,
+    ) -> None:
+        """Record the blob and link it to `repository` (created if need be); with `finished_upload`,
+        the upload it came from ends in the same transaction."""
         now = utcnow()
+        values = {
+            "repository": repository,
+            "digest": digest,
+            "size": size,
+            "media_type": media_type,
+            "upload": finished_upload,
+        }
+        if self._dialect == "postgresql":
+            with autocommit(self.engine) as cursor:
+                cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
+                if cursor.fetchone() is not None:
+                    return
+        # SQLite, or the first blob of a new PostgreSQL repository
+        postgres = self._dialect == "postgresql"
+        values["now"] = now if postgres else sql.sqlite_time(now)
         with write_transaction(self.engine) as conn:
-            repository_id = self._ensure_repository(conn, repository)
-            conn.execute(
-                self._insert(Blob)
-                .values(digest=digest, size=size, media_type=media_type, created_at=now)
-                .on_conflict_do_nothing()
-            )
-            conn.execute(
-                self._insert(RepositoryBlob)
-                .values(repository_id=repository_id, digest=digest, created_at=now)
-                .on_conflict_do_nothing()
-            )
+            cursor = _cursor(conn)
+            if postgres:
+                values["repository_id"] = self._ensure_repository(conn, repository)
+            else:
+                values["repository_id"] = self._sqlite_repository_id(cursor, repository, True, now)
+            cursor.execute(sql.INSERT_BLOB.text(postgres), values)
+            cursor.execute(sql.LINK_BLOB.text(postgres), values)
+            if finished_upload is not None:
+                cursor.execute(sql.DELETE_UPLOAD.text(postgres), {"id": finished_upload})
 
     def unlink_blob(self, repository: str, digest: str) -> bool:
         with write_transaction(self.engine) as conn:
@@ -248,41 +309,45 @@ class MetadataStore:
 
     # -- uploads -----------------------------------------------------------------------------
 
-    def create_upload(self, upload_id: str, repository: str) -> UploadState:
+    # Each is one statement in a transaction of its own (one round trip on PostgreSQL).
+
+    def _now(self) -> tuple[datetime, object]:
         now = utcnow()
-        with write_transaction(self.engine) as conn:
-            conn.execute(
-                self._insert(UploadSession).values(
-                    id=upload_id, repository=repository, size=0, created_at=now, updated_at=now
-                )
-            )
+        return now, (now if self._dialect == "postgresql" else sql.sqlite_time(now))
+
+    def _execute_one(self, statement: sql.Sql, values: Mapping[str, object]) -> Any:
+        """Run one statement by itself; the cursor's rowcount, or its first row for a query."""
+        with autocommit(self.engine) as cursor:
+            cursor.execute(statement.text(self._dialect == "postgresql"), values)
+            return cursor.fetchone() if cursor.description else cursor.rowcount
+
+    def create_upload(self, upload_id: str, repository: str) -> UploadState:
+        now, stored = self._now()
+        self._execute_one(sql.CREATE_UPLOAD, {"id": upload_id, "repository": repository, "now": stored})
         return UploadState(upload_id, repository, 0, now)
 
     def get_upload(self, upload_id: str) -> UploadState | None:
-        with read_transaction(self.engine) as conn:
-            row = conn.execute(
-                select(
-                    UploadSession.id, UploadSession.repository, UploadSession.size, UploadSession.created_at
-                ).where(UploadSession.id == upload_id)
-            ).first()
+        row = (
+            self._fast.upload(upload_id)
+            if self._fast is not None
+            else self._execute_one(sql.GET_UPLOAD, {"id": upload_id})
+        )
         if row is None:
             return None
-        return UploadState(row.id, row.repository, int(row.size), _aware(row.created_at))
+        repository, size, created = row
+        if isinstance(created, str):  # SQLite's text
+            created = datetime.fromisoformat(created)
+        return UploadState(upload_id, repository, int(size), _aware(created))
 
     def advance_upload(self, upload_id: str, expected: int, size: int) -> bool:
-        """Move an upload from `expected` to `size` bytes; False if another request moved it first."""
-        with write_transaction(self.engine) as conn:
-            result = conn.execute(
-                update(UploadSession)
-                .where(UploadSession.id == upload_id, UploadSession.size == expected)
-                .values(size=size, updated_at=utcnow())
-            )
-            return bool(result.rowcount)
+        """Move an upload from `expected` to `size` bytes; False if another request moved it first
+        (or it is gone). The check and the move are one statement."""
+        _, stored = self._now()
+        values = {"id": upload_id, "expected": expected, "size": size, "now": stored}
+        return bool(self._execute_one(sql.ADVANCE_UPLOAD, values))
 
     def delete_upload(self, upload_id: str) -> bool:
-        with write_transaction(self.engine) as conn:
-            result = conn.execute(delete(UploadSession).where(UploadSession.id == upload_id))
-            return bool(result.rowcount)
+        return bool(self._execute_one(sql.DELETE_UPLOAD, {"id": upload_id}))
 
     def stale_uploads(self, cutoff: datetime) -> list[str]:
         with read_transaction(self.engine) as conn:
@@ -299,108 +364,142 @@ class MetadataStore:
     def put_manifest(
         self, repository: str, manifest: ParsedManifest, content: bytes, tags: Iterable[str]
     ) -> None:
-        """Write the manifest, its layer or child rows and its tags in one transaction."""
-        digest = str(manifest.digest)
-        now = utcnow()
-        with self._manifest_change(repository) as conn:
-            repository_id = self._ensure_repository(conn, repository)
+        """Write the manifest, its layer or child rows and its tags in one transaction, after checking
+        that the blobs and manifests it references are in the repository."""
+        blobs = sorted(
+            {str(d.digest) for d in (manifest.config, *manifest.layers) if d is not None and d.requires_blob}
+        )
+        children = sorted({str(c.digest) for c in manifest.children if not c.has_data})
+        with self._manifest_change(repository, create=True) as (conn, repository_id):
+            assert repository_id is not None
             if self._dialect == "postgresql":
-                # pushes of one repository's manifests take turns (SQLite's BEGIN IMMEDIATE already
-                # does): two concurrent PUTs of the same new manifest would both insert it
-                conn.execute(select(Repository.id).where(Repository.id == repository_id).with_for_update())
-            self._check_references(conn, repository_id, manifest)
-            manifest_id = conn.execute(
-                select(Manifest.id).where(Manifest.repository_id == repository_id, Manifest.digest == digest)
-            ).scalar()
-            if manifest_id is None:
-                manifest_id = conn.execute(
-                    self._insert(Manifest)
-                    .values(
-                        repository_id=repository_id,
-                        digest=digest,
-                        media_type=manifest.media_type,
-                        artifact_type=manifest.effective_artifact_type,
-                        size=manifest.size,
-                        config_digest=str(manifest.config.digest) if manifest.config else None,
-                        subject_digest=str(manifest.subject.digest) if manifest.subject else None,
-                        annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
-                        content=content,
-                        created_at=now,
-                    )
-                    .returning(Manifest.id)
-                ).scalar_one()
-                if manifest.layers:
-                    conn.execute(
-                        self._insert(ManifestLayer),
-                        [
-                            {
-                                "manifest_id": manifest_id,
-                                "position": i,
-                                "digest": str(layer.digest),
-                                "size": layer.size,
-                                "media_type": layer.media_type,
-                            }
-                            for i, layer in enumerate(manifest.layers)
-                        ],
-                    )
-                if manifest.children:
-                    conn.execute(
-                        self._insert(ManifestChild),
-                        [
-                            {
-                                "manifest_id": manifest_id,
-                                "position": i,
-                                "digest": str(child.digest),
-                                "size": child.size,
-                                "media_type": child.media_type,
-                                "platform": json.dumps(child.platform) if child.platform else None,
-                            }
-                            for i, child in enumerate(manifest.children)
-                        ],
-                    )
-            for tag in tags:
-                statement = self._insert(Tag).values(
-                    repository_id=repository_id, name=tag, manifest_id=manifest_id, updated_at=now
+                missing = self._put_manifest_postgres(
+                    _cursor(conn), repository_id, manifest, content, list(tags), blobs, children
                 )
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["repository_id", "name"],
-                        set_={"manifest_id": manifest_id, "updated_at": now},
-                    )
+            else:
+                missing = self._put_manifest_sqlite(
+                    _cursor(conn), repository_id, manifest, content, list(tags), blobs, children
                 )
+            if missing is not None:
+                kind, digest = missing
+                raise ManifestBlobUnknown(f"{kind} unknown to repository: {digest}", extra={"digest": digest})
 
     @staticmethod
-    def _check_references(conn: Connection, repository_id: int, manifest: ParsedManifest) -> None:
-        blobs = {
-            str(d.digest) for d in (manifest.config, *manifest.layers) if d is not None and d.requires_blob
+    def _manifest_row(manifest: ParsedManifest) -> dict[str, object]:
+        return {
+            "digest": str(manifest.digest),
+            "media_type": manifest.media_type,
+            "artifact_type": manifest.effective_artifact_type,
+            "size": manifest.size,
+            "config_digest": str(manifest.config.digest) if manifest.config else None,
+            "subject_digest": str(manifest.subject.digest) if manifest.subject else None,
+            "annotations": json.dumps(manifest.annotations) if manifest.annotations else None,
         }
-        if blobs:
-            present = set(
-                conn.execute(
-                    select(RepositoryBlob.digest).where(
-                        RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest.in_(blobs)
-                    )
-                ).scalars()
+
+    def _put_manifest_postgres(
+        self,
+        cursor: Any,
+        repository_id: int,
+        manifest: ParsedManifest,
+        content: bytes,
+        tags: list[str],
+        blobs: list[str],
+        children: list[str],
+    ) -> tuple[str, str] | None:
+        """One statement (see sql.PG_PUT_MANIFEST); the first missing reference, if any."""
+        cursor.execute(
+            sql.PG_PUT_MANIFEST,
+            {
+                **self._manifest_row(manifest),
+                "repository_id": repository_id,
+                "content": content,
+                "now": utcnow(),
+                "blobs": blobs,
+                "children": children,
+                "layer_digests": [str(layer.digest) for layer in manifest.layers],
+                "layer_sizes": [layer.size for layer in manifest.layers],
+                "layer_media_types": [layer.media_type for layer in manifest.layers],
+                "child_digests": [str(child.digest) for child in manifest.children],
+                "child_sizes": [child.size for child in manifest.children],
+                "child_media_types": [child.media_type for child in manifest.children],
+                "child_platforms": [
+                    json.dumps(child.platform) if child.platform else None for child in manifest.children
+                ],
+                "tags": tags,
+            },
+        )
+        missing_blobs, missing_manifests = cursor.fetchone()
+        if missing_blobs:
+            return "blob", min(missing_blobs)
+        if missing_manifests:
+            return "manifest", min(missing_manifests)
+        return None
+
+    def _put_manifest_sqlite(
+        self,
+        cursor: Any,
+        repository_id: int,
+        manifest: ParsedManifest,
+        content: bytes,
+        tags: list[str],
+        blobs: list[str],
+        children: list[str],
+    ) -> tuple[str, str] | None:
+        """Statement by statement, under the write lock; the first missing reference, if any."""
+        for kind, wanted, query in (
+            ("blob", blobs, sql.SQLITE_PRESENT_BLOBS),
+            ("manifest", children, sql.SQLITE_PRESENT_MANIFESTS),
+        ):
+            if wanted:
+                present = {row[0] for row in cursor.execute(query, (repository_id, json.dumps(wanted)))}
+                missing = [digest for digest in wanted if digest not in present]
+                if missing:
+                    return kind, missing[0]
+        now = sql.sqlite_time(utcnow())
+        row = self._manifest_row(manifest)
+        found = cursor.execute(sql.SQLITE_MANIFEST_ID, (repository_id, row["digest"])).fetchone()
+        if found is not None:
+            manifest_id = int(found[0])
+        else:
+            cursor.execute(
+                sql.SQLITE_INSERT_MANIFEST,
+                (
+                    repository_id,
+                    row["digest"],
+                    row["media_type"],
+                    row["artifact_type"],
+                    row["size"],
+                    row["config_digest"],
+                    row["subject_digest"],
+                    row["annotations"],
+                    content,
+                    now,
+                ),
             )
-            missing = sorted(blobs - present)
-            if missing:
-                raise ManifestBlobUnknown(
-                    f"blob unknown to repository: {missing[0]}", extra={"digest": missing[0]}
-                )
-        children = {str(c.digest) for c in manifest.children if not c.has_data}
-        if children:
-            present = set(
-                conn.execute(
-                    select(Manifest.digest).where(
-                        Manifest.repository_id == repository_id, Manifest.digest.in_(children)
-                    )
-                ).scalars()
+            manifest_id = int(cursor.lastrowid)
+            cursor.executemany(
+                sql.SQLITE_INSERT_LAYER,
+                [
+                    (manifest_id, i, str(layer.digest), layer.size, layer.media_type)
+                    for i, layer in enumerate(manifest.layers)
+                ],
             )
-            missing = sorted(children - present)
-            if missing:
-                raise ManifestBlobUnknown(
-                    f"manifest unknown to repository: {missing[0]}", extra={"digest": missing[0]}
-                )
+            cursor.executemany(
+                sql.SQLITE_INSERT_CHILD,
+                [
+                    (
+                        manifest_id,
+                        i,
+                        str(child.digest),
+                        child.size,
+                        child.media_type,
+                        json.dumps(child.platform) if child.platform else None,
+                    )
+                    for i, child in enumerate(manifest.children)
+                ],
+            )
+        cursor.executemany(sql.SQLITE_PUT_TAG, [(repository_id, tag, manifest_id, now) for tag in tags])
+        return None
 
     _MANIFEST_COLUMNS = (Manifest.id, Manifest.digest, Manifest.media_type, Manifest.size, Manifest.content)
 
@@ -450,8 +549,7 @@ class MetadataStore:
         )
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
-        with self._manifest_change(repository) as conn:
-            repository_id = self._repository_id(conn, repository)
+        with self._manifest_change(repository) as (conn, repository_id):
             if repository_id is None:
                 return False
             manifest_id = conn.execute(
@@ -468,8 +566,7 @@ class MetadataStore:
             return True
 
     def delete_tag(self, repository: str, tag: str) -> bool:
-        with self._manifest_change(repository) as conn:
-            repository_id = self._repository_id(conn, repository)
+        with self._manifest_change(repository) as (conn, repository_id):
             if repository_id is None:
                 return False
             result = conn.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
@@ -498,8 +595,7 @@ class MetadataStore:
 
     def delete_repository(self, repository: str) -> bool:
         """Remove a repository's tags, manifests and blob links (the blobs stay for GC)."""
-        with self._manifest_change(repository) as conn:
-            repository_id = self._repository_id(conn, repository)
+        with self._manifest_change(repository) as (conn, repository_id):
             if repository_id is None:
                 return False
             manifests = select(Manifest.id).where(Manifest.repository_id == repository_id)

@@ -78,9 +78,13 @@ class UploadAppender:
         if self._expected is not None and self._written != self._expected:
             self.abort()
             raise SizeInvalid(f"received {self._written} bytes, expected {self._expected}")
-        size = self._writer.commit()
+        # the database moves while this writer still holds the upload: a request waiting for it then
+        # finds the upload where these bytes left it
+        size = self._writer.offset
         if not self._service.metadata.advance_upload(self.state.id, self.state.size, size):
+            self.abort()
             raise RangeInvalid("the upload was changed by another request")
+        self._writer.commit()
         if self._hasher is not None:
             self._service._remember_hasher(self.state.id, size, self._hasher)
         self.state = UploadState(self.state.id, self.state.repository, size, self.state.created_at)
@@ -196,27 +200,52 @@ class RegistryService:
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
         except UploadBusy:
             raise RangeInvalid("another request is writing to this upload") from None
-        # another request may have moved the upload between our read and taking the writer
-        current = self.metadata.get_upload(upload_id)
-        if current is None or current.size != state.size:
+        try:
+            self._check_still_at(upload_id, state.size)
+        except BaseException:
             writer.abort()
-            raise RangeInvalid("the upload moved on while this request started")
+            raise
         return UploadAppender(self, state, writer, self._take_hasher(upload_id, state.size), length)
 
-    def complete_upload(self, repository: str, upload_id: str, digest: str) -> BlobInfo:
-        state = self.upload_status(repository, upload_id)
-        parsed = Digest.parse(digest)
-        # hold the upload while hashing it: a request still writing to it means it is not finished
+    def _check_still_at(self, upload_id: str, size: int) -> None:
+        """With the upload held: another request may have moved it between our read and taking it.
+        Only a holder moves an upload (the database before it lets go), staged data is never shorter
+        than the database says, and the database never goes back; so staged data of exactly `size`
+        bytes means the upload is still there. Anything else (it moved, or a request died mid-write
+        and left bytes past the end) asks the database."""
         try:
-            guard = self.blobs.open_upload(upload_id, state.size)
-        except UploadMissing:
+            staged = self.blobs.upload_size(upload_id)
+        except UploadMissing:  # completed or cancelled meanwhile
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
-        except UploadBusy:
-            raise RangeInvalid("another request is writing to this upload") from None
-        try:
-            actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
-        finally:
-            guard.abort()  # it wrote nothing: this only lets go
+        if staged == size:
+            return
+        current = self.metadata.get_upload(upload_id)
+        if current is None or current.size != size:
+            raise RangeInvalid("the upload moved on while this request started")
+
+    def complete_upload(
+        self, repository: str, upload_id: str, digest: str, state: UploadState | None = None
+    ) -> BlobInfo:
+        """Verify the digest and make the blob visible. `state`: the upload as the caller's own append
+        just left it (saves reading it again; whatever moved since, commit_upload notices)."""
+        if state is None or state.id != upload_id or state.repository != repository:
+            state = self.upload_status(repository, upload_id)
+        parsed = Digest.parse(digest)
+        actual = self._cached_digest(upload_id, state.size, parsed.algorithm)
+        if actual is None:
+            # hold the upload while hashing it: a request still writing to it means it is not finished
+            # (with the hash of this process's own appends there is nothing to read: commit_upload
+            # holds the upload and checks its size)
+            try:
+                guard = self.blobs.open_upload(upload_id, state.size)
+            except UploadMissing:
+                raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+            except UploadBusy:
+                raise RangeInvalid("another request is writing to this upload") from None
+            try:
+                actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
+            finally:
+                guard.abort()  # it wrote nothing: this only lets go
         if actual != parsed:
             self._drop_upload(upload_id)
             raise DigestInvalid(f"content hashes to {actual}, not {parsed}")
@@ -226,8 +255,7 @@ class RegistryService:
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
         except UploadBusy:
             raise RangeInvalid("another request is writing to this upload") from None
-        self.metadata.link_blob(repository, str(parsed), state.size)
-        self.metadata.delete_upload(upload_id)
+        self.metadata.link_blob(repository, str(parsed), state.size, finished_upload=upload_id)
         return BlobInfo(str(parsed), state.size)
 
     def cancel_upload(self, repository: str, upload_id: str) -> None:
@@ -272,11 +300,16 @@ class RegistryService:
             while len(self._hashers) > _HASHER_CACHE_SIZE:
                 self._hashers.popitem(last=False)
 
-    def _upload_digest(self, upload_id: str, size: int, algorithm: str) -> Digest:
+    def _cached_digest(self, upload_id: str, size: int, algorithm: str) -> Digest | None:
+        """The digest of the upload's first `size` bytes from this process's hash of them, if it has one
+        (those bytes never change once the database says `size`)."""
         with self._hashers_lock:
             cached = self._hashers.pop(upload_id, None)
         if cached is not None and cached[0] == size and algorithm == STREAM_ALGORITHM:
             return Digest(algorithm, cached[1].hexdigest())
+        return None
+
+    def _upload_digest(self, upload_id: str, size: int, algorithm: str) -> Digest:
         hasher = new_hasher(algorithm)
         seen = 0
         try:

@@ -279,3 +279,62 @@ def test_purge_removes_old_orphan_staged_data(
 
 def test_purge_with_no_uploads(service: RegistryService) -> None:
     assert service.purge_uploads(timedelta(0)) == 0
+
+
+# -- one writer at a time ------------------------------------------------------------------------
+
+
+def test_a_request_that_read_a_stale_offset_is_refused_after_taking_the_upload(
+    service: RegistryService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = service.start_upload(REPO)
+    stale = service.upload_status(REPO, upload.id)
+    append(service, upload.id, b"first chunk")  # another request, between the read and the lock
+    monkeypatch.setattr(service, "upload_status", lambda repository, upload_id: stale)
+    with pytest.raises(RangeInvalid):
+        service.begin_append(REPO, upload.id)
+    monkeypatch.undo()
+    # the refused request destroyed nothing, and let go of the upload
+    assert b"".join(service.blobs.read_upload(upload.id)) == b"first chunk"
+    append(service, upload.id, b", second")
+    assert service.complete_upload(REPO, upload.id, sha256(b"first chunk, second")).size == 19
+
+
+def test_bytes_a_dead_request_left_past_the_offset_do_not_block_the_upload(
+    service: RegistryService, store: MemoryBlobStore
+) -> None:
+    upload = service.start_upload(REPO)
+    append(service, upload.id, b"kept")
+    leftover = store.open_upload(upload.id, 4)  # wrote, then died before the database moved
+    leftover.write(b" garbage")
+    leftover.commit()
+    append(service, upload.id, b" and more")
+    assert b"".join(service.blobs.read_upload(upload.id)) == b"kept and more"
+    assert service.complete_upload(REPO, upload.id, sha256(b"kept and more")).size == 13
+
+
+def test_an_append_refused_by_the_database_leaves_no_bytes(
+    service: RegistryService, metadata: MetadataStore
+) -> None:
+    upload = service.start_upload(REPO)
+    appender = service.begin_append(REPO, upload.id)
+    appender.write(b"lost")
+    assert metadata.advance_upload(upload.id, 0, 0)  # as if the database had moved under us
+    metadata.advance_upload(upload.id, 0, 7)
+    with pytest.raises(RangeInvalid):
+        appender.finish()
+    assert b"".join(service.blobs.read_upload(upload.id)) == b""
+
+
+def test_completing_with_the_state_of_the_own_append_reads_nothing_again(
+    service: RegistryService, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = service.start_upload(REPO)
+    appender = service.begin_append(REPO, upload.id)
+    appender.write(b"whole blob")
+    state = appender.finish()
+    monkeypatch.setattr(metadata, "get_upload", lambda upload_id: pytest.fail("read again"))
+    assert service.complete_upload(REPO, upload.id, sha256(b"whole blob"), state).size == 10
+    monkeypatch.undo()
+    assert_gone(service, upload.id)
+    assert service.stat_blob(REPO, sha256(b"whole blob")).size == 10

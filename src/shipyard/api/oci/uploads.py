@@ -159,8 +159,8 @@ async def start_upload(ctx: Context, request: Request, send: Send, name: str, id
             appender = await ctx.run(
                 ctx.registry.begin_append, name, state.id, None, request.content_length()
             )
-            await _pump(ctx, request, appender)
-            info = await ctx.run(ctx.registry.complete_upload, name, state.id, str(parsed))
+            appended = await _pump(ctx, request, appender)
+            info = await ctx.run(ctx.registry.complete_upload, name, state.id, str(parsed), appended)
         except BaseException:
             await ctx.run(_discard, ctx, name, state.id)
             raise
@@ -196,15 +196,16 @@ async def finish_upload(ctx: Context, request: Request, send: Send, name: str, u
     if digest is None:
         raise DigestInvalid("the digest query parameter is required to finish an upload")
     parsed = Digest.parse(digest)
+    appended: UploadState | None = None
     if _has_body(request):
         try:
-            await _append(ctx, request, name, upload_id)
+            appended = await _append(ctx, request, name, upload_id)
         except RangeInvalid as error:
             await _refuse_range(ctx, send, name, upload_id, error)
             return
     elif request.headers.get("content-range"):
         raise BlobUploadInvalid("Content-Range without a body")
-    info = await ctx.run(ctx.registry.complete_upload, name, upload_id, str(parsed))
+    info = await ctx.run(ctx.registry.complete_upload, name, upload_id, str(parsed), appended)
     await respond(send, 201, _blob_created(name, info.digest))
 
 
