@@ -37,11 +37,8 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces
-    from granian.log import LogLevels
-
     from shipyard.app import build
+    from shipyard.server import ServerConfig, serve
 
     settings = _settings(args)
     _configure_logging(settings)
@@ -67,20 +64,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "the network in clear text; give --tls-cert and --tls-key",
             settings.host,
         )
-    server = Granian(
-        "shipyard.app:asgi_from_environment",
+    config = ServerConfig(
+        app="shipyard.app:asgi_from_environment",
         factory=True,
-        address=settings.host,
+        host=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
         workers=settings.workers,
-        log_access=False,
-        log_level=LogLevels(settings.log_level),
-        ssl_cert=cert,
-        ssl_key=key,
+        tls_cert=str(cert) if cert else None,
+        tls_key=str(key) if key else None,
+        log_level=settings.log_level,
     )
-    server.serve()
-    return 0
+    return serve(config)
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,59 @@
+"""What a server is told: the application to load, where to listen, and its limits."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass
+from typing import cast
+
+from shipyard.server.types import ASGIApp
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    app: str  # "package.module:attribute"
+    factory: bool = False  # the attribute is a callable that returns the application
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "info"
+    backlog: int = 2048
+    # an idle keep-alive connection is closed after this long
+    keep_alive_timeout: float = 75.0
+    # a client must deliver a request's line and headers within this long (slowloris)
+    header_timeout: float = 30.0
+    # in-flight requests get this long to finish once shutdown begins
+    graceful_timeout: float = 10.0
+    max_request_line: int = 16 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 128
+    # request body bytes buffered for the application before the server stops reading the socket
+    body_buffer_limit: int = 4 * 1024 * 1024
+    # run each request's first step inline instead of in a task of its own (see tasks.py)
+    eager_start: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerConfig:
+        return cls(**json.loads(text))
+
+
+def load_app(spec: str, *, factory: bool = False) -> ASGIApp:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"application {spec!r} is not of the form 'module:attribute'")
+    target: object = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if factory:
+        if not callable(target):
+            raise TypeError(f"application factory {spec!r} is not callable")
+        target = target()
+    if not callable(target):
+        raise TypeError(f"application {spec!r} is not callable")
+    return cast(ASGIApp, target)

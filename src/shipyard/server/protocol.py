@@ -1,0 +1,477 @@
+"""An HTTP/1.1 connection: parsing (httptools), keep-alive, pipelining, flow control and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+import httptools
+
+from shipyard.server import http11, tasks
+from shipyard.server.config import ServerConfig
+from shipyard.server.cycle import RequestCycle
+from shipyard.server.types import ASGIApp, Headers
+
+log = logging.getLogger("shipyard.server")
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+EXTENSIONS: dict[str, dict[str, Any]] = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+# one receive buffer per worker: the parser copies out of it whatever it keeps
+READ_BUFFER_SIZE = 1024 * 1024
+# after a response to a request whose body was not read, how long the server still swallows what the client
+# sends before it closes: closing on unread bytes resets the connection, and the reset can destroy the
+# response before the client has read it
+LINGER_SECONDS = 2.0
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
+# reasons for not reading the socket; reading resumes when none is left
+_PAUSE_BODY = 1  # the application has not yet taken the body bytes buffered for it
+_PAUSE_PIPELINE = 2  # a pipelined request waits for the one before it
+
+
+class ServerState:
+    """What the connections of one worker share."""
+
+    __slots__ = (
+        "app",
+        "clock",
+        "config",
+        "connections",
+        "eager",
+        "lifespan_state",
+        "read_buffer",
+        "scheme",
+        "stopping",
+    )
+
+    def __init__(self, app: ASGIApp, config: ServerConfig, *, tls: bool) -> None:
+        self.app = app
+        self.config = config
+        self.clock = http11.Clock()
+        self.connections: set[HttpProtocol] = set()
+        self.lifespan_state: dict[str, Any] | None = None
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        self.scheme = "https" if tls else "http"
+        self.eager = config.eager_start
+        self.stopping = False
+
+    def tick(self) -> None:
+        """Once a second: a fresh Date header, and connections past their deadline."""
+        clock = self.clock
+        clock.tick()
+        now = clock.now
+        for conn in [c for c in self.connections if c.deadline is not None and c.deadline < now]:
+            conn.deadline_passed()
+
+
+class _Refused(Exception):
+    """A request the server answers itself, without the application."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpProtocol(asyncio.BufferedProtocol):
+    __slots__ = (
+        "client",
+        "closed",
+        "cycle",
+        "deadline",
+        "drain_waiter",
+        "head_size",
+        "header_bytes",
+        "headers",
+        "in_message",
+        "keep_alive",
+        "limits",
+        "lingering",
+        "loop",
+        "parser",
+        "parsing",
+        "paused",
+        "pending_error",
+        "pipeline",
+        "refusal",
+        "server",
+        "starting",
+        "state",
+        "transport",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.limits = state.config
+        self.loop = loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.cycle: RequestCycle | None = None  # the request the application is answering
+        self.pipeline: deque[RequestCycle] = deque()  # requests waiting for it, in order
+        self.parsing: RequestCycle | None = None  # the request whose body is arriving
+        self.url = b""
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.head_size = 0
+        self.in_message = False  # between the first byte of a request and the end of its headers
+        self.keep_alive = True
+        self.closed = False
+        self.lingering = False
+        self.starting = False
+        self.paused = 0
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.pending_error: bytes | None = None
+        self.refusal: _Refused | None = None
+        self.deadline: float | None = None
+
+    # -- transport events -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        self.state.connections.add(self)
+        self.deadline = self.state.clock.now + self.state.config.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state.connections.discard(self)
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.disconnect()
+        self.pipeline.clear()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        if self.lingering or (self.cycle is None and not self.pipeline):
+            return None  # the transport closes itself
+        # the client half-closed: a body still expected will not come; answer what is in flight, then close
+        self.keep_alive = False
+        for cycle in (self.cycle, *self.pipeline):
+            if cycle is not None:
+                cycle.keep_alive = False
+        if self.parsing is not None and not self.parsing.body_complete:
+            self.parsing.fail_body()
+        if self.transport.get_extra_info("sslcontext") is not None:
+            return None  # TLS cannot stay half-open
+        return True
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.state.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.lingering or self.pending_error is not None or self.closed:
+            return
+        if self.in_message:
+            self.header_bytes += nbytes
+        try:
+            self.parser.feed_data(self.state.read_buffer[:nbytes])
+        except httptools.HttpParserUpgrade:
+            # no protocol switching here: answer the request as HTTP, then close; what follows is not HTTP
+            self.keep_alive = False
+            self.pending_error = b""
+            self._pause(_PAUSE_PIPELINE)
+        except httptools.HttpParserError as exc:
+            self._refuse(self.refusal or _Refused(400, f"malformed request: {exc}"))
+        else:
+            limits = self.limits
+            if self.in_message and self.header_bytes > limits.max_header_bytes + limits.max_request_line:
+                self._refuse(_Refused(431, "request header fields too large"))
+        if self.cycle is None and self.pipeline:
+            self._run_next()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- parser callbacks ------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        self.in_message = True
+        if self.cycle is None:
+            self.deadline = self.state.clock.now + self.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        url = self.url = self.url + url
+        if len(url) > self.limits.max_request_line:
+            self.refusal = _Refused(414, "request target too long")
+            raise self.refusal
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self.headers.append((name, value))
+        size = self.head_size = self.head_size + len(name) + len(value) + 4
+        if size > self.limits.max_header_bytes:
+            self.refusal = _Refused(431, "request header fields too large")
+            raise self.refusal
+
+    def on_headers_complete(self) -> None:
+        self.in_message = False
+        self.header_bytes = 0
+        self.deadline = None
+        parser = self.parser
+        state = self.state
+        url = self.url
+        headers = self.headers
+        expect: bytes | None = None
+        if len(headers) > self.limits.max_headers:
+            self.refusal = _Refused(431, "too many request header fields")
+            raise self.refusal
+        for name, _ in headers:
+            # two headers change how the body is read
+            if name == b"transfer-encoding" or name == b"expect":
+                expect = self._body_headers(headers)
+                break
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*":
+            raw_path, query = url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self.refusal = _Refused(400, "invalid request target")
+                raise self.refusal from None
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        method_bytes = parser.get_method()
+        method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
+        version = parser.get_http_version()
+        path = raw_path.decode("utf-8", "replace")
+        if b"%" in raw_path:
+            path = unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": state.scheme,
+            "method": method,
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "extensions": EXTENSIONS,
+        }
+        if state.lifespan_state is not None:
+            scope["state"] = state.lifespan_state.copy()
+        keep_alive = self.keep_alive and parser.should_keep_alive() and not state.stopping
+        cycle = RequestCycle(self, scope, keep_alive, method == "HEAD", version == "1.0")
+        if expect is not None and version != "1.0":
+            if expect.lower() != b"100-continue":
+                self.refusal = _Refused(417, "unsupported expectation")
+                raise self.refusal
+            cycle.expect_continue = True
+        self.parsing = cycle
+        pipeline = self.pipeline
+        pipeline.append(cycle)
+        if self.cycle is not None or len(pipeline) > 1:
+            self._pause(_PAUSE_PIPELINE)
+
+    def _body_headers(self, headers: Headers) -> bytes | None:
+        """Checks Transfer-Encoding; returns Expect."""
+        expect = None
+        codings: list[bytes] = []
+        for name, value in headers:
+            if name == b"expect":
+                expect = value.strip()
+            elif name == b"transfer-encoding":
+                codings += [c for c in (c.strip().lower() for c in value.split(b",")) if c]
+        if codings:
+            # RFC 9112 6.1 and 6.3: only chunked is understood here, and it must come last
+            if codings[-1] != b"chunked":
+                self.refusal = _Refused(400, "the body length of this request cannot be determined")
+                raise self.refusal
+            if len(codings) > 1:
+                self.refusal = _Refused(501, "unsupported transfer coding")
+                raise self.refusal
+        return expect
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.response_complete:
+            return  # a body the application answered without reading: swallowed
+        cycle.add_body(body)
+        if cycle.buffered > self.limits.body_buffer_limit:
+            self._pause(_PAUSE_BODY)
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is not None:
+            self.parsing = None
+            cycle.body_complete = True
+            if cycle.waiter is not None:
+                cycle.wake()
+
+    # -- running requests -------------------------------------------------------------------------------
+
+    def _run_next(self) -> None:
+        self.starting = True
+        pipeline = self.pipeline
+        try:
+            while self.cycle is None and pipeline and not self.closed:
+                cycle = self.cycle = pipeline.popleft()
+                if self.paused and not pipeline:
+                    self._resume(_PAUSE_PIPELINE)
+                cycle.task = tasks.start(self.loop, cycle.run(), self.state.eager)
+        finally:
+            self.starting = False
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        if cycle is not self.cycle or self.closed:
+            return
+        self.cycle = None
+        if cycle.buffered:
+            cycle.chunks.clear()
+            cycle.buffered = 0
+        # an application that answers without reading the whole body: the rest is swallowed as it
+        # arrives (on_body drops it), and the connection carries on after it
+        if not cycle.keep_alive or not self.keep_alive or self.state.stopping:
+            self._close(linger=not cycle.body_complete or bool(self.pipeline) or self.in_message)
+            return
+        if self.paused:
+            self._resume(_PAUSE_BODY)
+        if self.pipeline:
+            if not self.starting:
+                self.loop.call_soon(self._run_next)
+        elif self.pending_error is not None:
+            self.write(self.pending_error)
+            self._close(linger=True)
+        elif not self.in_message:
+            self.deadline = self.state.clock.now + self.limits.keep_alive_timeout
+
+    def body_drained(self, cycle: RequestCycle) -> None:
+        if self.paused & _PAUSE_BODY and cycle.buffered <= self.state.config.body_buffer_limit // 2:
+            self._resume(_PAUSE_BODY)
+
+    # -- writing ----------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self.write_paused and not self.closed:
+            waiter = self.drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.drain_waiter = None
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
+        """Bytes sent; zero-copy (os.sendfile) on plain TCP. A broken connection is a disconnect."""
+        if self.closed or self.transport.is_closing():
+            self.connection_lost(None)
+            return 0
+        try:
+            return await self.loop.sendfile(self.transport, file, offset, count)
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            log.debug("sendfile failed: %s", exc)
+            self.abort()
+            return 0
+
+    # -- closing -----------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.transport.abort()
+            self.connection_lost(None)
+
+    def _close(self, *, linger: bool) -> None:
+        if self.closed:
+            return
+        if not linger:
+            self.transport.close()
+            return
+        # send FIN after what is buffered, swallow what the client still sends, close on its FIN or later
+        self.lingering = True
+        self.paused = 0
+        self.transport.resume_reading()
+        self.deadline = self.state.clock.now + LINGER_SECONDS
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def _refuse(self, refusal: _Refused) -> None:
+        """Answer a request the parser rejected, after the responses still owed, then close."""
+        self.refusal = None
+        if self.parsing is not None:
+            # the body of a request in flight broke off: its application hears of a disconnect
+            self.parsing.fail_body()
+            self.parsing = None
+            self.pending_error = b""  # parse nothing more
+            self._pause(_PAUSE_PIPELINE)
+            return
+        response = http11.error_response(self.state.clock, refusal.status, str(refusal).encode() + b"\n")
+        if self.cycle is None and not self.pipeline:
+            self.write(response)
+            self._close(linger=True)
+        else:
+            self.pending_error = response
+            self._pause(_PAUSE_PIPELINE)
+
+    def deadline_passed(self) -> None:
+        self.deadline = None
+        if self.closed:
+            return
+        if self.lingering:
+            self.transport.close()
+        elif self.cycle is not None or self.pipeline:
+            return
+        elif self.in_message:
+            log.info("closing a connection that sent no complete request headers in time")
+            self.write(http11.error_response(self.state.clock, 408, b"request headers took too long\n"))
+            self._close(linger=True)
+        else:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close when idle, else after the response in flight."""
+        self.keep_alive = False
+        if self.cycle is None and not self.pipeline and not self.in_message:
+            self._close(linger=False)
+
+    # -- flow control --------------------------------------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None

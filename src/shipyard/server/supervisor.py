@@ -1,0 +1,167 @@
+"""The parent process: binds the listening socket, starts the workers, restarts one that dies, and on
+SIGTERM or SIGINT shuts them all down gracefully."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from shipyard.server.config import ServerConfig
+
+log = logging.getLogger("shipyard.server")
+
+# beyond the graceful timeout, how long a worker gets to run its lifespan shutdown before it is killed
+_EXIT_MARGIN = 5.0
+
+
+def bind(config: ServerConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    # create_server sets SO_REUSEADDR: a restart does not wait for TIME_WAIT connections to expire
+    sock = socket.create_server((config.host, config.port), family=family, backlog=config.backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Worker:
+    number: int
+    process: subprocess.Popen[bytes]
+    ready_fd: int | None  # our end of the pipe the worker writes a byte to once it serves
+    started_at: float
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_fd is None
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.workers: list[_Worker] = []
+        self.stopping = False
+        self.failed = False
+        self._lifeline_read, self._lifeline_write = os.pipe()
+
+    def _spawn(self, number: int) -> _Worker:
+        ready_read, ready_write = os.pipe()
+        fd = self.sock.fileno()
+        cmd = [
+            sys.executable,
+            "-m",
+            "shipyard.server.worker",
+            "--fd",
+            str(fd),
+            "--ready-fd",
+            str(ready_write),
+            "--lifeline-fd",
+            str(self._lifeline_read),
+            self.config.to_json(),
+        ]
+        try:
+            process = subprocess.Popen(cmd, pass_fds=(fd, ready_write, self._lifeline_read))
+        finally:
+            os.close(ready_write)
+        log.debug("worker %d started (pid %d)", number, process.pid)
+        return _Worker(number, process, ready_read, time.monotonic())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            self.stopping = True
+
+    def run(self) -> int:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write)
+        handlers = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+        }
+        try:
+            self.workers = [self._spawn(number) for number in range(1, self.config.workers + 1)]
+            while not self.stopping:
+                self._watch(wake_read)
+            self._stop_workers()
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            for fd in (wake_read, wake_write, self._lifeline_read, self._lifeline_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for worker in self.workers:
+                if worker.ready_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(worker.ready_fd)
+            self.sock.close()
+        return 1 if self.failed else 0
+
+    def _watch(self, wake_read: int) -> None:
+        waiting = {w.ready_fd: w for w in self.workers if w.ready_fd is not None}
+        try:
+            readable, _, _ = select.select([wake_read, *waiting], [], [], 1.0)
+        except InterruptedError:
+            readable = []
+        for fd in readable:
+            if fd == wake_read:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 512):
+                        pass
+                continue
+            worker = waiting[fd]
+            if os.read(fd, 1):
+                os.close(fd)
+                worker.ready_fd = None
+                log.debug("worker %d (pid %d) is serving", worker.number, worker.process.pid)
+        for index, worker in enumerate(self.workers):
+            code = worker.process.poll()
+            if code is None or self.stopping:
+                continue
+            how = f"signal {-code}" if code < 0 else f"exit status {code}"
+            if not worker.ready:
+                log.error("worker %d (pid %d) failed to start (%s)", worker.number, worker.process.pid, how)
+                self.failed = True
+                self.stopping = True
+                return
+            log.warning(
+                "worker %d (pid %d) died (%s); starting a new one", worker.number, worker.process.pid, how
+            )
+            self.workers[index] = self._spawn(worker.number)
+
+    def _stop_workers(self) -> None:
+        """SIGTERM to every worker, then wait for them; whoever outlives the grace period is killed."""
+        self.sock.close()
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.graceful_timeout + _EXIT_MARGIN
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "worker %d (pid %d) did not stop in time: killed", worker.number, worker.process.pid
+                )
+                worker.process.kill()
+                worker.process.wait()
+
+
+def serve(config: ServerConfig) -> int:
+    """Serve `config.app` until SIGTERM or SIGINT; the exit status: 0, or 1 when a worker failed to start."""
+    try:
+        sock = bind(config)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    return Supervisor(config, sock).run()
