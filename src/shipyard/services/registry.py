@@ -194,18 +194,22 @@ class RegistryService:
         state = self.upload_status(repository, upload_id)
         if start is not None and start != state.size:
             raise RangeInvalid(f"chunk starts at {start}, the upload stands at {state.size}")
-        try:
-            writer = self.blobs.open_upload(upload_id, state.size)
-        except UploadMissing:
-            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
-        except UploadBusy:
-            raise RangeInvalid("another request is writing to this upload") from None
+        writer = self._hold(upload_id, state.size)
         try:
             self._check_still_at(upload_id, state.size)
         except BaseException:
             writer.abort()
             raise
         return UploadAppender(self, state, writer, self._take_hasher(upload_id, state.size), length)
+
+    def _hold(self, upload_id: str, size: int) -> BlobWriter:
+        """The upload's writer at `size`, which holds it (flock) until commit or abort."""
+        try:
+            return self.blobs.open_upload(upload_id, size)
+        except UploadMissing:
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+        except UploadBusy:
+            raise RangeInvalid("another request is writing to this upload") from None
 
     def _check_still_at(self, upload_id: str, size: int) -> None:
         """With the upload held: another request may have moved it between our read and taking it.
@@ -236,12 +240,7 @@ class RegistryService:
             # hold the upload while hashing it: a request still writing to it means it is not finished
             # (with the hash of this process's own appends there is nothing to read: commit_upload
             # holds the upload and checks its size)
-            try:
-                guard = self.blobs.open_upload(upload_id, state.size)
-            except UploadMissing:
-                raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
-            except UploadBusy:
-                raise RangeInvalid("another request is writing to this upload") from None
+            guard = self._hold(upload_id, state.size)
             try:
                 actual = self._upload_digest(upload_id, state.size, parsed.algorithm)
             finally:
