@@ -188,8 +188,8 @@ def seed_registries(bench: Bench) -> None:
             continue
         for digest in app.blob_digests:
             client.mount(TAGS_REPO, digest, APP_REPO)
-        # the first tag alone: concurrent PUTs of a manifest new to the repository race in Shipyard on
-        # PostgreSQL (a unique violation, HTTP 500); the rest only add tags to it
+        # the first tag alone, so that the timed PUTs all do the same work: add a tag to a manifest the
+        # repository already holds
         client.put_manifest(TAGS_REPO, tag_name(0), app.manifest)
 
         def put_tags(start: int, client: Registry = client) -> None:
