@@ -32,8 +32,6 @@ class ServerConfig:
     max_headers: int = 128
     # request body bytes buffered for the application before the server stops reading the socket
     body_buffer_limit: int = 4 * 1024 * 1024
-    # run each request's first step inline instead of in a task of its own (see tasks.py)
-    eager_start: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

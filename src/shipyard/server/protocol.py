@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from shipyard.server import http11, tasks
+from shipyard.server import http11
 from shipyard.server.config import ServerConfig
 from shipyard.server.cycle import RequestCycle
 from shipyard.server.types import ASGIApp, Headers
@@ -42,7 +42,6 @@ class ServerState:
         "clock",
         "config",
         "connections",
-        "eager",
         "lifespan_state",
         "read_buffer",
         "scheme",
@@ -57,7 +56,6 @@ class ServerState:
         self.lifespan_state: dict[str, Any] | None = None
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         self.scheme = "https" if tls else "http"
-        self.eager = config.eager_start
         self.stopping = False
 
     def tick(self) -> None:
@@ -326,9 +324,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         cycle = self.parsing
         if cycle is not None:
             self.parsing = None
-            cycle.body_complete = True
-            if cycle.waiter is not None:
-                cycle.wake()
+            cycle.finish_body()
 
     # -- running requests -------------------------------------------------------------------------------
 
@@ -340,7 +336,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 cycle = self.cycle = pipeline.popleft()
                 if self.paused and not pipeline:
                     self._resume(_PAUSE_PIPELINE)
-                cycle.task = tasks.start(self.loop, cycle.run(), self.state.eager)
+                cycle.task = self.loop.create_task(cycle.run())
         finally:
             self.starting = False
 
