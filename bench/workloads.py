@@ -262,6 +262,11 @@ def check_registries(bench: Bench) -> None:
                     raise RuntimeError(
                         f"{server.name}: {method} manifest {reference}: HTTP {response.status}"
                     )
+        # a whole GET first: it checks the blob and reads it into the page cache, where nginx's copy is
+        # too (an upload may write around the cache)
+        whole = tools.curl_get(f"{server.url}/v2/{BLOB_REPO}/blobs/{bench.blob_digest}")
+        if whole.status != 200 or whole.bytes != sizes.blob_bytes:
+            raise RuntimeError(f"{server.name}: blob GET gave HTTP {whole.status}, {whole.bytes} bytes")
         ranged = tools.curl_get(
             f"{server.url}/v2/{BLOB_REPO}/blobs/{bench.blob_digest}", byte_range=_middle_range(sizes)
         )

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from shipyard.api.oci.uploads import WRITE_BATCH
+from shipyard.storage.direct import DIRECT_CHUNK
 from tests.faults.conftest import (
     FaultRegistry,
     MiB,
@@ -34,8 +36,11 @@ from tests.faults.conftest import (
 from tests.support.consistency import check_store, staged_uploads, upload_sessions
 
 FIRST_CHUNK = 1 * MiB
-BROKEN_CHUNK = 4 * MiB
-SENT_OF_BROKEN = 2 * MiB + 512 * 1024  # more than the server's 1 MiB write buffer, less than declared
+# more than the server can hold before bytes reach the staged file (a batch on its way to the writer
+# thread and one direct-write buffer), and less than declared
+SENT_OF_BROKEN = WRITE_BATCH + DIRECT_CHUNK + 512 * 1024
+BROKEN_CHUNK = SENT_OF_BROKEN + 2 * MiB
+MONOLITHIC = SENT_OF_BROKEN + 4 * MiB
 
 CLOSES = ["fin", "rst"]
 _names = itertools.count()
@@ -53,10 +58,10 @@ def assert_clean(registry: FaultRegistry) -> None:
 
 @pytest.mark.parametrize("close", CLOSES)
 def test_monolithic_post_cut_short(running_registry: FaultRegistry, close: str) -> None:
-    """POST ?digest= with the whole blob as the body, cut after 2.5 of 6 MiB."""
+    """POST ?digest= with the whole blob as the body, cut short after SENT_OF_BROKEN bytes."""
     registry, client = running_registry, running_registry.http
     name = repository("monolithic")
-    data = payload(name, 6 * MiB)
+    data = payload(name, MONOLITHIC)
     digest = sha256(data)
     before = set(staged_uploads(registry.data_dir))
     sessions_before = set(upload_sessions(registry.database_url))
@@ -102,7 +107,7 @@ def test_monolithic_post_cut_short(running_registry: FaultRegistry, close: str) 
 def test_chunk_cut_short_is_rolled_back(
     running_registry: FaultRegistry, method: str, with_range: bool, close: str
 ) -> None:
-    """A second chunk (PATCH, or the finishing PUT with a body) cut short after 2.5 of 4 MiB."""
+    """A second chunk (PATCH, or the finishing PUT with a body) cut short after SENT_OF_BROKEN bytes."""
     registry, client = running_registry, running_registry.http
     name = repository(f"{method.lower()}-{'range' if with_range else 'stream'}")
     data = payload(name, FIRST_CHUNK + BROKEN_CHUNK)

@@ -79,7 +79,8 @@ class UploadAppender:
             self.abort()
             raise SizeInvalid(f"received {self._written} bytes, expected {self._expected}")
         # the database moves while this writer still holds the upload: a request waiting for it then
-        # finds the upload where these bytes left it
+        # finds the upload where these bytes left it (and they are in the staged file by then)
+        self._writer.flush()
         size = self._writer.offset
         if not self._service.metadata.advance_upload(self.state.id, self.state.size, size):
             self.abort()

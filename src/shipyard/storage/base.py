@@ -35,12 +35,15 @@ def check_upload_id(upload_id: str) -> str:
 
 
 class BlobWriter(Protocol):
-    """Appends to an upload's staging data. `commit` makes the appended bytes durable-enough to
-    continue the upload; `abort` rolls back to where the writer started."""
+    """Appends to an upload's staging data. Written bytes may wait in the writer until `flush`, which
+    puts them into the staging data (upload_size counts them from then on). `commit` flushes and makes
+    the appended bytes durable-enough to continue the upload; `abort` rolls back to where the writer
+    started."""
 
     @property
     def offset(self) -> int: ...
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def flush(self) -> None: ...
     def commit(self) -> int: ...
     def abort(self) -> None: ...
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shipyard.domain.digest import SUPPORTED_ALGORITHMS, Digest
 from shipyard.storage.base import UPLOAD_ID, UploadBusy, UploadMissing, check_upload_id
+from shipyard.storage.direct import DIRECT_CHUNK, DirectAppender
 
 READ_CHUNK = 1024 * 1024
 # Staged bytes are handed to the disk every this many bytes while an upload streams, so that the
@@ -57,10 +58,12 @@ class FileBlobWriter:
     """Holds the staged file locked (flock) from open to commit or abort. Staged bytes past `offset`
     are dropped at the first write, so a writer opened on a stale offset can be aborted harmlessly."""
 
-    def __init__(self, path: Path, offset: int) -> None:
+    def __init__(self, path: Path, offset: int, direct_chunk: int | None = DIRECT_CHUNK) -> None:
         self._path = path
         self._start = offset
-        self._fd = os.open(path, os.O_WRONLY)
+        self._direct_chunk = direct_chunk
+        self._direct: DirectAppender | None = None
+        self._fd = os.open(path, os.O_RDWR)  # read too: a direct write rewrites the aligned head
         try:
             # the lock lives as long as the descriptor; the kernel drops it if the process dies
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,9 +87,15 @@ class FileBlobWriter:
                 os.ftruncate(self._fd, self._start)
             os.lseek(self._fd, self._start, os.SEEK_SET)
             self._touched = True
+            if self._direct_chunk:
+                self._direct = DirectAppender(str(self._path), self._fd, self._start, self._direct_chunk)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._touch()
+        if self._direct is not None:
+            self._direct.write(data)
+            self._offset += len(data)
+            return
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -96,13 +105,26 @@ class FileBlobWriter:
             _start_writeback(self._fd, self._written_back, self._offset - self._written_back)
             self._written_back = self._offset
 
-    def commit(self) -> int:
+    def flush(self) -> None:
         self._touch()
-        os.close(self._fd)
-        self._fd = -1
+        if self._direct is not None:
+            self._direct.flush()
+
+    def commit(self) -> int:
+        self.flush()
+        try:
+            if self._direct is not None:
+                self._direct.close()
+        finally:
+            self._direct = None
+            os.close(self._fd)
+            self._fd = -1
         return self._offset
 
     def abort(self) -> None:
+        if self._direct is not None:
+            self._direct.close(wait=False)  # no direct write may land after the truncation
+            self._direct = None
         if self._fd >= 0:
             if self._touched:
                 with contextlib.suppress(OSError):
@@ -113,8 +135,11 @@ class FileBlobWriter:
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path) -> None:
+    """`direct_chunk`: uploads go to disk in direct writes of this many bytes (None: buffered only)."""
+
+    def __init__(self, root: Path, *, direct_chunk: int | None = DIRECT_CHUNK) -> None:
         self.root = root
+        self._direct_chunk = direct_chunk
         self._blobs = root / "blobs"
         self._uploads = root / "uploads"
         self._blobs.mkdir(parents=True, exist_ok=True)
@@ -202,7 +227,7 @@ class FilesystemBlobStore:
 
     def open_upload(self, upload_id: str, offset: int) -> FileBlobWriter:
         try:
-            return FileBlobWriter(self._upload_path(upload_id), offset)
+            return FileBlobWriter(self._upload_path(upload_id), offset, self._direct_chunk)
         except FileNotFoundError:
             raise UploadMissing(upload_id) from None
 

@@ -38,6 +38,9 @@ class MemoryBlobWriter:
                 staged += data
         self._offset += len(data)
 
+    def flush(self) -> None:
+        """Nothing waits: every write goes straight into the staged bytes."""
+
     def _release(self) -> None:
         if self._open:
             self._open = False

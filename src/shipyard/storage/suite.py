@@ -288,6 +288,19 @@ class BlobStoreSuite:
         assert self.read_upload(upload_id) == data
         self.store.cancel_upload(upload_id)
 
+    def test_flush_puts_the_written_bytes_into_the_upload(self) -> None:
+        upload_id = self.stage(b"head")
+        data = _data(2 * CHUNK + 5, seed=3)
+        writer = self.store.open_upload(upload_id, 4)
+        for start in range(0, len(data), 100_000):
+            writer.write(data[start : start + 100_000])
+        writer.flush()
+        assert self.store.upload_size(upload_id) == 4 + len(data)
+        writer.flush()  # again: nothing changes
+        assert writer.commit() == 4 + len(data)
+        assert self.read_upload(upload_id) == b"head" + data
+        self.store.cancel_upload(upload_id)
+
     def test_abort_rolls_back_to_where_the_writer_started(self) -> None:
         upload_id = self.stage(b"kept")
         writer = self.store.open_upload(upload_id, 4)

@@ -1,5 +1,6 @@
 """How an upload request's body reaches the writer thread: batched, in order, one batch at a time,
-overlapping the receiving of the next; and rolled back only once the thread has let go of the writer."""
+queued while the thread writes (up to a limit), and rolled back only once the thread has let go of
+the writer."""
 
 from __future__ import annotations
 
@@ -125,9 +126,34 @@ def test_pieces_arrive_whole_in_order_and_in_large_batches(executor: ThreadPoolE
 
 
 PIECE = 512 * KiB
-# with the first batch held up in the writer thread, the pump receives the pieces of the first two
-# batches and then waits
-HELD_UP_AFTER = -(-uploads.FIRST_BATCH // PIECE) + -(-uploads.WRITE_BATCH // PIECE)
+
+
+def _received_before_the_pump_waits(piece: int) -> int:
+    """How many pieces of `piece` bytes the pump takes while the first batch is stuck in the writer
+    thread: batches queue up until more than QUEUED_LIMIT bytes are handed over and not written."""
+    batch = queued = delivered = 0
+    limit = uploads.FIRST_BATCH
+    while True:
+        delivered += 1
+        batch += piece
+        if batch >= limit:
+            queued += batch
+            batch, limit = 0, uploads.WRITE_BATCH
+            if queued > uploads.QUEUED_LIMIT:
+                return delivered
+
+
+HELD_UP_AFTER = _received_before_the_pump_waits(PIECE)
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
@@ -138,25 +164,54 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_the_next_batch_is_received_while_the_thread_writes(executor: ThreadPoolExecutor) -> None:
+def test_the_body_keeps_coming_while_the_thread_writes() -> None:
     gate = threading.Event()
     appender = FakeAppender(gate)
     pieces = [bytes([i]) * PIECE for i in range(HELD_UP_AFTER + 4)]
     body = Body(pieces)
+    executor = CountingExecutor()
 
     async def run() -> None:
         task = asyncio.create_task(_pump(executor, body, appender))
         # the first batch is stuck in the writer thread, yet the body keeps coming
-        await _until(lambda: body.delivered == HELD_UP_AFTER, "the second batch to be received")
+        await _until(lambda: body.delivered == HELD_UP_AFTER, "the queued batches to be received")
         await asyncio.sleep(0.05)
-        assert body.delivered == HELD_UP_AFTER  # and no further: one batch waits, one is written
+        assert body.delivered == HELD_UP_AFTER  # and no further: the queue is full
         assert appender.events == ["write started"]
+        # one thread call takes the queued batches one after another, without a hop back to the loop
+        assert executor.submitted == 1
         gate.set()
         await asyncio.wait_for(task, 10)
 
-    asyncio.run(run())
+    with executor:
+        asyncio.run(run())
     assert bytes(appender.received) == b"".join(pieces)
     assert appender.most_at_once == 1
+    assert len(appender.batches) >= 5
+
+
+class FailingAppender(FakeAppender):
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def write_all(self, pieces: Sequence[bytes | bytearray]) -> None:
+        if len(self.batches) == self.fail_at:
+            self.events.append("write failed")
+            raise OSError(28, "No space left on device")
+        super().write_all(pieces)
+
+
+def test_a_failed_write_stops_the_body_and_rolls_back(executor: ThreadPoolExecutor) -> None:
+    appender = FailingAppender(fail_at=2)
+    body = Body([b"w" * PIECE] * 200)  # 100 MiB: far more than arrives before the failure shows
+
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(_pump(executor, body, appender))
+
+    assert appender.events[-2:] == ["write failed", "aborted"]
+    assert len(appender.batches) == 2  # nothing was written after the failure
+    assert body.delivered < 200
 
 
 def test_a_disconnect_rolls_back_after_the_thread_is_done(executor: ThreadPoolExecutor) -> None:

@@ -1,4 +1,4 @@
-"""The filesystem driver's write path: staged bytes go to the disk while an upload streams, and a
+"""The filesystem driver's buffered write path: staged bytes go to the disk while an upload streams, and a
 writer truncates the staged file only when there is something past its start to drop."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def fs(tmp_path: Path) -> FilesystemBlobStore:
-    return FilesystemBlobStore(tmp_path / "store")
+    """Buffered writes only: large uploads otherwise go around the page cache (test_filesystem_direct)."""
+    return FilesystemBlobStore(tmp_path / "store", direct_chunk=None)
 
 
 def _new_upload(fs: FilesystemBlobStore) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from concurrent.futures import Future
+import threading
+from collections import deque
+from concurrent.futures import Executor, Future
 
 from shipyard.api.errors import body_for, status_for
 from shipyard.api.http import JSON, Request, respond
@@ -20,6 +22,9 @@ from shipyard.services.registry import UploadAppender
 # Bytes go to the writer thread in batches of about this size, so that hops to it are few; the loop
 # receives the next batch while the thread hashes and writes this one. (2 MiB measured no faster.)
 WRITE_BATCH = 1024 * 1024
+# Bytes handed to the writer thread and not yet written, at most (beyond it the loop waits); with the
+# server's own buffer, what one upload holds in memory.
+QUEUED_LIMIT = 4 * 1024 * 1024
 # The first batch of a request is smaller, so that the thread starts early: every chunk of a chunked
 # upload is a request of its own.
 FIRST_BATCH = 256 * 1024
@@ -89,37 +94,116 @@ class _Batch:
             self._small = None
 
 
-def _abort_after(pending: Future[None] | None, appender: UploadAppender) -> None:
+class _Feeder:
+    """Hands batches to the writer thread in order, without making it wait for the loop.
+
+    The thread drains a queue and goes on to the next batch as soon as it is done with one; it calls
+    back into the loop only when the loop waits for room (more than QUEUED_LIMIT bytes queued). The
+    writer is not thread-safe: at most one drain runs at a time, and it takes batches in order."""
+
+    def __init__(self, executor: Executor, appender: UploadAppender) -> None:
+        self._executor = executor
+        self._appender = appender
+        self._lock = threading.Lock()
+        # under the lock:
+        self._queue: deque[_Batch] = deque()
+        self._queued = 0
+        self._running = False
+        self._failure: BaseException | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._drain: Future[None] | None = None  # the drain that runs, or the last one
+        self._loop = asyncio.get_running_loop()
+
+    async def feed(self, batch: _Batch) -> None:
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure  # a failed write: stop receiving
+            self._queue.append(batch)
+            self._queued += batch.size
+            start = not self._running
+            self._running = True
+            room = self._room = self._loop.create_future() if self._queued > QUEUED_LIMIT else None
+        if start:
+            self._drain = self._executor.submit(self._run)
+        if room is not None:
+            await room
+            with self._lock:
+                if self._failure is not None:
+                    raise self._failure
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._running = False
+                        return
+                    batch = self._queue.popleft()
+                self._appender.write_all(batch.pieces)
+                with self._lock:
+                    self._queued -= batch.size
+                    if self._queued <= QUEUED_LIMIT:
+                        self._wake()
+        except BaseException as error:
+            with self._lock:
+                self._failure = error
+                self._running = False
+                self._wake()  # the loop must not go on waiting for room
+            raise
+
+    def _wake(self) -> None:
+        """Resolve the loop's wait for room, if any (under the lock)."""
+        room, self._room = self._room, None
+        if room is not None:
+            self._loop.call_soon_threadsafe(_resolve, room)
+
+    async def settle(self) -> None:
+        """Wait until every fed batch is written; raise what failed."""
+        drain = self._drain
+        if drain is not None:
+            await asyncio.wrap_future(drain)
+
+    def stop(self) -> None:
+        """From a worker thread, after a failure: drop what is queued, wait for the batch in the writer."""
+        with self._lock:
+            self._queue.clear()
+        drain = self._drain
+        if drain is not None and not drain.cancel():  # a drain that has not started never will
+            with contextlib.suppress(BaseException):
+                drain.result()
+
+
+def _resolve(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
+
+
+def _abort_after(feeder: _Feeder, appender: UploadAppender) -> None:
     """Roll back once the writer thread is done with the batch it may still hold: a cancelled await
     does not stop the thread, and the writer must not be aborted under it."""
-    if pending is not None:
-        with contextlib.suppress(BaseException):
-            pending.result()
+    feeder.stop()
     appender.abort()
 
 
 async def _pump(ctx: Context, request: Request, appender: UploadAppender) -> UploadState:
     """Stream the request body into the upload; on any failure nothing of this chunk remains.
 
-    One batch at a time is in the writer thread (the writer is not thread-safe, and its order is the
-    upload's order); the next one fills meanwhile, so receiving overlaps hashing and writing."""
-    pending: Future[None] | None = None
+    Batches go to the writer thread while the next ones fill, so receiving overlaps hashing and
+    writing."""
+    feeder = _Feeder(ctx.executor, appender)
     batch = _Batch()
     limit = FIRST_BATCH
     try:
         async for piece in request.stream():
             batch.add(piece)
             if batch.size >= limit:
-                if pending is not None:
-                    await asyncio.wrap_future(pending)
-                pending = ctx.executor.submit(appender.write_all, batch.pieces)
+                await feeder.feed(batch)
                 batch = _Batch()
                 limit = WRITE_BATCH
-        if pending is not None:
-            await asyncio.wrap_future(pending)
+        await feeder.settle()
         return await ctx.run(appender.finish, batch.pieces)
     except BaseException:
-        await ctx.run(_abort_after, pending, appender)
+        await ctx.run(_abort_after, feeder, appender)
         raise
 
 
