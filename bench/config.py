@@ -37,6 +37,9 @@ class Sizes:
     # rounds of the duration-bound runs (manifest load, listings) and of growth; 0: as many as `rounds`
     load_rounds: int = 0
     growth_rounds: int = 0
+    # blob GETs are short and the noisiest figures: each round takes this many samples of them, the
+    # servers interleaved every time
+    blob_get_repeats: int = 1
     growth_probes: tuple[str, ...] = (
         "manifest_get_tag",
         "manifest_get_digest",
@@ -83,6 +86,7 @@ FULL = Sizes(
     repositories=10_000,
     page=100,
     growth_levels=(1_000, 100_000, 1_000_000),
+    blob_get_repeats=3,
 )
 
 QUICK = Sizes(

@@ -441,7 +441,8 @@ def render_targets(ts: list[Target]) -> str:
 def render(m: Medians, sizes: Sizes, ts: list[Target], meta: dict[str, Any]) -> str:
     parts = [
         f"Shipyard benchmark ({meta.get('shipyard_commit', '?')}), {sizes.mode} mode: medians of "
-        f"{sizes.rounds} round(s) ({sizes.rounds_of_load} for the load and latency runs); wall time "
+        f"{sizes.rounds} round(s) ({sizes.rounds_of_load} for the load and latency runs, "
+        f"{sizes.rounds * sizes.blob_get_repeats} samples of the blob GETs); wall time "
         f"{meta.get('wall_seconds', 0):.0f} s; load average {meta.get('loadavg_start', '?')} -> "
         f"{meta.get('loadavg_end', '?')} on {meta.get('cpus', '?')} CPUs",
         "Authentication is off on every registry (Shipyard with SHIPYARD_INSECURE_NO_AUTH=true; Distribution"

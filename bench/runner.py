@@ -134,20 +134,25 @@ def run_rounds(run: Run, bench: Bench) -> None:
                 continue
             if item.prepare is not None:
                 item.prepare(round_no)
-            # rotate the order every round: no server always goes first
-            order = list(item.servers)
-            shift = round_no % len(order)
-            for name in order[shift:] + order[:shift]:
-                server = bench.servers.get(name)
-                try:
-                    metrics = measure(run, bench, item, server, round_no)
-                except (tools.ToolError, RegistryError, RuntimeError, OSError) as exc:
-                    # one failed measurement costs its sample, not the whole run; the table says so
-                    problem = f"round {round_no + 1}, {item.name} on {name} failed: {exc}"
-                    bench.notes.append(problem[:500])
-                    log(f"{run.elapsed()}   {problem}")
-                    continue
-                log(f"{run.elapsed()}   {item.name:28s} {name:13s} {_summary(metrics)}")
+            for repeat in range(item.repeats):
+                # rotate the order every pass: no server always goes first
+                order = list(item.servers)
+                shift = (round_no * item.repeats + repeat) % len(order)
+                for name in order[shift:] + order[:shift]:
+                    _sample(run, bench, item, name, round_no)
+
+
+def _sample(run: Run, bench: Bench, item: Item, name: str, round_no: int) -> None:
+    server = bench.servers.get(name)
+    try:
+        metrics = measure(run, bench, item, server, round_no)
+    except (tools.ToolError, RegistryError, RuntimeError, OSError) as exc:
+        # one failed measurement costs its sample, not the whole run; the table says so
+        problem = f"round {round_no + 1}, {item.name} on {name} failed: {exc}"
+        bench.notes.append(problem[:500])
+        log(f"{run.elapsed()}   {problem}")
+        return
+    log(f"{run.elapsed()}   {item.name:28s} {name:13s} {_summary(metrics)}")
 
 
 def record_resources(run: Run, bench: Bench, sampler: ResourceSampler) -> None:

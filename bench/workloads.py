@@ -57,6 +57,7 @@ class Item:
     bytes_moved: int | None = None  # for cpu_s_per_gib
     cpu_per_request: bool = False  # for cpu_us_per_req
     rounds: int | None = None  # run in the first `rounds` rounds only (None: every round)
+    repeats: int = 1  # samples per round, each one a pass over every server
 
 
 def log(message: str) -> None:
@@ -476,8 +477,20 @@ def build_items(bench: Bench) -> list[Item]:
     items = [
         Item("reference.sha256", ("reference",), bind(reference_sha256)),
         Item("reference.disk_fsync_write", ("reference",), bind(reference_disk)),
-        Item("blob_get_full", blob_servers, bind(blob_get_full), bytes_moved=sizes.blob_bytes),
-        Item("blob_get_range", blob_servers, bind(blob_get_range), bytes_moved=sizes.range_bytes),
+        Item(
+            "blob_get_full",
+            blob_servers,
+            bind(blob_get_full),
+            bytes_moved=sizes.blob_bytes,
+            repeats=sizes.blob_get_repeats,
+        ),
+        Item(
+            "blob_get_range",
+            blob_servers,
+            bind(blob_get_range),
+            bytes_moved=sizes.range_bytes,
+            repeats=sizes.blob_get_repeats,
+        ),
         Item(
             "upload_monolithic",
             registries,
