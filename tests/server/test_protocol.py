@@ -34,6 +34,17 @@ def test_keep_alive_serves_requests_one_after_another_on_one_connection() -> Non
         assert len(server.worker.state.connections) == 1
 
 
+def test_responses_are_not_held_back_by_nagle() -> None:
+    """Small responses go out at once: every accepted TCP connection has TCP_NODELAY."""
+    with serving(echo) as server, server.connect() as sock:
+        reader = Reader(sock)
+        sock.sendall(request("GET", "/"))
+        assert reader.response().status == 200
+        (connection,) = server.worker.state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_connection_close_is_answered_then_closed() -> None:
     with serving(echo) as server, server.connect() as sock:
         reader = Reader(sock)
