@@ -56,6 +56,24 @@ def _rows(start: int, stop: int) -> Iterator[tuple[int, str, bytes]]:
         yield i, "sha256:" + hashlib.sha256(content).hexdigest(), content
 
 
+def settle_database(url: str, tables: tuple[str, ...] = ()) -> None:
+    """Bring a database to the steady state of a server that has run for a while, after a bulk load:
+    statistics up to date and, on PostgreSQL, vacuumed (a bulk load triggers autovacuum, which would
+    otherwise run during the measurement, and index-only scans skip the heap once the visibility map
+    is set) and checkpointed. `tables`: only these (default: every table)."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60) as conn:
+            conn.execute("ANALYZE")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in tables or ("",):
+            conn.execute(f"VACUUM ANALYZE {table}".strip())
+        conn.execute("CHECKPOINT")
+
+
 class SqlFiller:
     """Adds synthetic tags (each with its own manifest) to GROWTH_REPO, `BATCH` rows per statement."""
 
@@ -73,18 +91,7 @@ class SqlFiller:
             else:
                 self._postgres(self.count, stop)
             self.count = stop
-        if self.url.startswith("sqlite"):
-            with sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=60) as conn:
-                conn.execute("ANALYZE")
-        else:
-            import psycopg
-
-            # VACUUM as well: a bulk load triggers autovacuum, which would otherwise run during the
-            # measurement; a server in steady state has long been vacuumed (and its index-only scans
-            # skip the heap once the visibility map is set).
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE manifests")
-                conn.execute("VACUUM ANALYZE tags")
+        settle_database(self.url, ("manifests", "tags"))
         return time.perf_counter() - started
 
     # Synthetic ids start far above anything the API creates, so the two never collide.
