@@ -26,13 +26,16 @@ from shipyard.services.accounts import AccountService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
 from shipyard.services.registry import RegistryService
 from shipyard.storage.base import BlobStore
+from shipyard.storage.direct import DIRECT_CHUNK
 from shipyard.storage.filesystem import FilesystemBlobStore
 from shipyard.storage.memory import MemoryBlobStore
 
 log = logging.getLogger(__name__)
 
 BLOB_STORES: dict[str, Callable[[Settings], BlobStore]] = {
-    "filesystem": lambda s: FilesystemBlobStore(s.resolved_storage_path),
+    "filesystem": lambda s: FilesystemBlobStore(
+        s.resolved_storage_path, direct_chunk=DIRECT_CHUNK if s.storage_direct_io else None
+    ),
     "memory": lambda s: MemoryBlobStore(),
 }
 

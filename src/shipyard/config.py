@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     storage_path: Path | None = Field(
         None, description="root of the filesystem blob store (default: DATA_DIR)"
     )
+    storage_direct_io: bool = Field(
+        True, description="large uploads reach the filesystem store in direct writes, around the page cache"
+    )
     workers: int = Field(1, ge=1, le=64, description="server worker processes")
     threads: int = Field(16, ge=1, le=256, description="threads per worker for database and file work")
     delete_enabled: bool = Field(True, description="allow DELETE of manifests, tags and blobs")

@@ -228,3 +228,32 @@ def test_the_chunk_must_be_aligned(tmp_path: Path) -> None:
             DirectAppender(str(path), fd, 0, ALIGN + 1)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(("setting", "direct_opens"), [("true", 1), ("false", 0)])
+def test_the_setting_turns_direct_writes_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, direct_opens: int
+) -> None:
+    from shipyard.app import BLOB_STORES
+    from shipyard.config import Settings
+
+    opened: list[str] = []
+    real = direct.open_direct
+
+    def spy(path: str) -> int | None:
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(direct, "open_direct", spy)
+    monkeypatch.setenv("SHIPYARD_STORAGE_DIRECT_IO", setting)
+    settings = Settings(data_dir=tmp_path / "data")
+    store = BLOB_STORES["filesystem"](settings)
+    assert isinstance(store, FilesystemBlobStore)
+    upload_id = _new_upload(store)
+    data = os.urandom(2 * direct.DIRECT_CHUNK + 1)
+    writer = store.open_upload(upload_id, 0)
+    writer.write(data)
+    assert writer.commit() == len(data)
+    assert len(opened) == direct_opens
+    assert _read(store, upload_id) == data
+    store.cancel_upload(upload_id)
