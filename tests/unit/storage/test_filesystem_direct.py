@@ -52,6 +52,13 @@ def fs(tmp_path: Path) -> FilesystemBlobStore:
 
 
 @pytest.fixture
+def direct_io(tmp_path: Path) -> None:
+    """For tests of the direct path itself: the filesystem under tmp_path must take O_DIRECT."""
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
+
+
+@pytest.fixture
 def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """(offset, length) of every block written through an O_DIRECT descriptor."""
     written: list[tuple[int, int]] = []
@@ -67,11 +74,10 @@ def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return written
 
 
+@pytest.mark.usefixtures("direct_io")
 def test_whole_blocks_go_direct_and_the_tail_buffered(
     fs: FilesystemBlobStore, tmp_path: Path, direct_writes: list[tuple[int, int]]
 ) -> None:
-    if not _direct_supported(tmp_path):
-        pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
     upload_id = _new_upload(fs)
     data = random.Random(1).randbytes(5 * CHUNK + 1234)
     writer = fs.open_upload(upload_id, 0)
@@ -85,11 +91,10 @@ def test_whole_blocks_go_direct_and_the_tail_buffered(
     assert b"".join(fs.read(digest)) == data
 
 
+@pytest.mark.usefixtures("direct_io")
 def test_a_writer_at_an_unaligned_offset_keeps_the_bytes_before_it(
     fs: FilesystemBlobStore, tmp_path: Path, direct_writes: list[tuple[int, int]]
 ) -> None:
-    if not _direct_supported(tmp_path):
-        pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
     upload_id = _new_upload(fs)
     rng = random.Random(2)
     expected = b""
@@ -106,11 +111,10 @@ def test_a_writer_at_an_unaligned_offset_keeps_the_bytes_before_it(
     fs.cancel_upload(upload_id)
 
 
+@pytest.mark.usefixtures("direct_io")
 def test_abort_after_direct_writes_restores_the_start(
     fs: FilesystemBlobStore, tmp_path: Path, direct_writes: list[tuple[int, int]]
 ) -> None:
-    if not _direct_supported(tmp_path):
-        pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
     upload_id = _new_upload(fs)
     kept = os.urandom(CHUNK + 100)  # the next writer's first block holds 100 kept bytes
     writer = fs.open_upload(upload_id, 0)
@@ -178,11 +182,10 @@ def test_a_direct_write_refused_with_einval_is_written_buffered(
         os.close(fd)
 
 
+@pytest.mark.usefixtures("direct_io")
 def test_a_failed_direct_write_is_raised_and_the_abort_rolls_back(
     fs: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    if not _direct_supported(tmp_path):
-        pytest.skip(f"the filesystem under {tmp_path} refuses O_DIRECT")
 
     def full(direct_fd: int, fd: int, data: memoryview, offset: int) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device")
