@@ -87,12 +87,12 @@ class FileBlobWriter:
                 os.ftruncate(self._fd, self._start)
             os.lseek(self._fd, self._start, os.SEEK_SET)
             self._touched = True
-            if self._direct_chunk:
-                self._direct = DirectAppender(str(self._path), self._fd, self._start, self._direct_chunk)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._touch()
-        if self._direct is not None:
+        if self._direct_chunk:
+            if self._direct is None:  # at the first write: a writer that writes nothing needs no buffer
+                self._direct = DirectAppender(str(self._path), self._fd, self._start, self._direct_chunk)
             self._direct.write(data)
             self._offset += len(data)
             return
