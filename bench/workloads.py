@@ -265,12 +265,10 @@ def check_registries(bench: Bench) -> None:
                     )
         # a whole GET first: it checks the blob and reads it into the page cache, where nginx's copy is
         # too (an upload may write around the cache)
-        whole = tools.curl_get(f"{server.url}/v2/{BLOB_REPO}/blobs/{bench.blob_digest}")
+        whole = tools.curl_get(_blob_url(bench, server))
         if whole.status != 200 or whole.bytes != sizes.blob_bytes:
             raise RuntimeError(f"{server.name}: blob GET gave HTTP {whole.status}, {whole.bytes} bytes")
-        ranged = tools.curl_get(
-            f"{server.url}/v2/{BLOB_REPO}/blobs/{bench.blob_digest}", byte_range=_middle_range(sizes)
-        )
+        ranged = tools.curl_get(_blob_url(bench, server), byte_range=_middle_range(sizes))
         if ranged.status != 206 or ranged.bytes != sizes.range_bytes:
             raise RuntimeError(f"{server.name}: Range GET gave HTTP {ranged.status}, {ranged.bytes} bytes")
         if not bench.wants_listings:
