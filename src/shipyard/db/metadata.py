@@ -263,7 +263,7 @@ class MetadataStore:
                 cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
                 if cursor.fetchone() is not None:
                     return
-        # SQLite, or the first blob of a new PostgreSQL repository
+        # SQLite, or a PostgreSQL repository that another request created while the statement ran
         postgres = self._dialect == "postgresql"
         values["now"] = now if postgres else sql.sqlite_time(now)
         with write_transaction(self.engine) as conn:

@@ -58,10 +58,20 @@ LINK_BLOB = Sql(
     "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:repository_id, :digest, :now) "
     "ON CONFLICT DO NOTHING"
 )
-# PostgreSQL: the blob row, its link to an existing repository and the end of the upload it came from,
-# in one round trip; no row back when the repository does not exist (nothing is linked then)
+# PostgreSQL: the repository (created if need be), the blob row, its link and the end of the upload
+# it came from, in one round trip. The statement sees the tables as they were when it began, so a
+# repository another request creates meanwhile is in neither `existing` nor `created` (the insert
+# waits for it, then does nothing): then no row comes back, nothing is linked, and the caller links
+# in a transaction of its own.
 LINK_BLOB_POSTGRES = """
-WITH repository AS (SELECT id FROM repositories WHERE name = %(repository)s),
+WITH existing AS (SELECT id FROM repositories WHERE name = %(repository)s),
+created AS (
+    INSERT INTO repositories (name, created_at)
+    SELECT %(repository)s, %(now)s WHERE NOT EXISTS (SELECT FROM existing)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id
+),
+repository AS (SELECT id FROM existing UNION ALL SELECT id FROM created),
 blob AS (
     INSERT INTO blobs (digest, size, media_type, created_at)
     SELECT %(digest)s, %(size)s, %(media_type)s, %(now)s FROM repository

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Hash state of uploads in flight in this process, so that completing an upload need not re-read it.
 # hashlib objects cannot be persisted: another process completing the upload re-hashes the staged bytes.
+# The same number of upload states is kept: where this process last left each upload.
 _HASHER_CACHE_SIZE = 512
 STREAM_ALGORITHM = "sha256"
 DEFAULT_PAGE_SIZE = 10_000
@@ -84,11 +85,13 @@ class UploadAppender:
         size = self._writer.offset
         if not self._service.metadata.advance_upload(self.state.id, self.state.size, size):
             self.abort()
+            self._service._forget_state(self.state.id)
             raise RangeInvalid("the upload was changed by another request")
         self._writer.commit()
         if self._hasher is not None:
             self._service._remember_hasher(self.state.id, size, self._hasher)
         self.state = UploadState(self.state.id, self.state.repository, size, self.state.created_at)
+        self._service._remember_state(self.state)
         return self.state
 
     def abort(self) -> None:
@@ -109,6 +112,7 @@ class RegistryService:
         self.delete_enabled = delete_enabled
         self.pulls = pulls or PullRecorder(metadata)
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+        self._states: OrderedDict[str, UploadState] = OrderedDict()
         self._hashers_lock = threading.Lock()
 
     @property
@@ -176,7 +180,9 @@ class RegistryService:
         validate_name(repository)
         upload_id = uuid.uuid4().hex
         self.blobs.create_upload(upload_id)
-        return self.metadata.create_upload(upload_id, repository)
+        state = self.metadata.create_upload(upload_id, repository)
+        self._remember_state(state)
+        return state
 
     def upload_status(self, repository: str, upload_id: str) -> UploadState:
         validate_name(repository)
@@ -191,7 +197,22 @@ class RegistryService:
         self, repository: str, upload_id: str, start: int | None = None, length: int | None = None
     ) -> UploadAppender:
         """Prepare to append a chunk. `start` is where the client says the chunk begins (416 if that is
-        not where the upload stands); `length` is the chunk's declared length, when known."""
+        not where the upload stands); `length` is the chunk's declared length, when known.
+
+        Where this process left the upload is where it still stands if the staged bytes end there (see
+        _check_still_at): then the database need not be asked."""
+        remembered = self._remembered_state(repository, upload_id)
+        if remembered is not None and start in (None, remembered.size):
+            writer = self._hold(upload_id, remembered.size)
+            try:
+                still = self._staged_size_is(upload_id, remembered.size)
+            except BaseException:
+                writer.abort()
+                raise
+            if still:
+                hasher = self._take_hasher(upload_id, remembered.size)
+                return UploadAppender(self, remembered, writer, hasher, length)
+            writer.abort()
         state = self.upload_status(repository, upload_id)
         if start is not None and start != state.size:
             raise RangeInvalid(f"chunk starts at {start}, the upload stands at {state.size}")
@@ -218,23 +239,28 @@ class RegistryService:
         than the database says, and the database never goes back; so staged data of exactly `size`
         bytes means the upload is still there. Anything else (it moved, or a request died mid-write
         and left bytes past the end) asks the database."""
-        try:
-            staged = self.blobs.upload_size(upload_id)
-        except UploadMissing:  # completed or cancelled meanwhile
-            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
-        if staged == size:
+        if self._staged_size_is(upload_id, size):
             return
         current = self.metadata.get_upload(upload_id)
         if current is None or current.size != size:
             raise RangeInvalid("the upload moved on while this request started")
 
+    def _staged_size_is(self, upload_id: str, size: int) -> bool:
+        try:
+            return self.blobs.upload_size(upload_id) == size
+        except UploadMissing:  # completed or cancelled meanwhile
+            raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
+
     def complete_upload(
         self, repository: str, upload_id: str, digest: str, state: UploadState | None = None
     ) -> BlobInfo:
         """Verify the digest and make the blob visible. `state`: the upload as the caller's own append
-        just left it (saves reading it again; whatever moved since, commit_upload notices)."""
+        just left it (saves reading it again; whatever moved since, commit_upload notices). Without it,
+        where this process last left the upload, if the staged bytes still end there."""
         if state is None or state.id != upload_id or state.repository != repository:
-            state = self.upload_status(repository, upload_id)
+            state = self._remembered_state(repository, upload_id)
+            if state is None or not self._staged_size_is(upload_id, state.size):
+                state = self.upload_status(repository, upload_id)
         parsed = Digest.parse(digest)
         actual = self._cached_digest(upload_id, state.size, parsed.algorithm)
         if actual is None:
@@ -256,6 +282,7 @@ class RegistryService:
         except UploadBusy:
             raise RangeInvalid("another request is writing to this upload") from None
         self.metadata.link_blob(repository, str(parsed), state.size, finished_upload=upload_id)
+        self._forget_state(upload_id)
         return BlobInfo(str(parsed), state.size)
 
     def cancel_upload(self, repository: str, upload_id: str) -> None:
@@ -283,6 +310,7 @@ class RegistryService:
         self.metadata.delete_upload(upload_id)
         with self._hashers_lock:
             self._hashers.pop(upload_id, None)
+            self._states.pop(upload_id, None)
 
     def _take_hasher(self, upload_id: str, offset: int) -> Hasher | None:
         with self._hashers_lock:
@@ -299,6 +327,23 @@ class RegistryService:
             self._hashers[upload_id] = (offset, hasher)
             while len(self._hashers) > _HASHER_CACHE_SIZE:
                 self._hashers.popitem(last=False)
+
+    def _remember_state(self, state: UploadState) -> None:
+        with self._hashers_lock:
+            self._states[state.id] = state
+            self._states.move_to_end(state.id)
+            while len(self._states) > _HASHER_CACHE_SIZE:
+                self._states.popitem(last=False)
+
+    def _remembered_state(self, repository: str, upload_id: str) -> UploadState | None:
+        """Where this process last left the upload (another process may have moved it since)."""
+        with self._hashers_lock:
+            state = self._states.get(upload_id)
+        return state if state is not None and state.repository == repository else None
+
+    def _forget_state(self, upload_id: str) -> None:
+        with self._hashers_lock:
+            self._states.pop(upload_id, None)
 
     def _cached_digest(self, upload_id: str, size: int, algorithm: str) -> Digest | None:
         """The digest of the upload's first `size` bytes from this process's hash of them, if it has one

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -13,11 +15,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from shipyard.db import migrate
+from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.db.models import Manifest, ManifestChild, ManifestLayer, Repository, Tag
 from shipyard.domain import mediatypes as mt
 from shipyard.domain.errors import ManifestBlobUnknown
 from shipyard.domain.manifest import ParsedManifest, parse_manifest
+from tests.support.postgres import PostgresServer
+from tests.unit.db.databases import icu_database
 
 # byte order: "-" < "." < digits < upper case < "_" < lower case; most natural-language collations differ
 TAGS = [
@@ -336,6 +341,38 @@ def test_linking_a_finished_upload_ends_it(metadata: MetadataStore, existing: bo
     assert metadata.blob_size(digest(b"layer")) == 5
     metadata.link_blob("app", digest(b"layer"), 5)  # again: nothing changes
     assert metadata.repositories_with_blob(digest(b"layer")) == ["app"]
+
+
+def test_a_blob_linked_while_another_request_creates_its_repository(postgres: PostgresServer) -> None:
+    """PostgreSQL links a blob in one statement that also creates the repository; when another
+    transaction creates the repository meanwhile, that statement links nothing and the link is made
+    in a transaction of its own."""
+    engine = make_engine(icu_database(postgres))
+    try:
+        migrate.upgrade(engine)
+        metadata = MetadataStore(engine)
+        metadata.create_upload("3" * 32, "raced")
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url) as other, ThreadPoolExecutor(1) as pool:
+            other.execute("INSERT INTO repositories (name, created_at) VALUES ('raced', now())")
+            linking = pool.submit(metadata.link_blob, "raced", digest(b"layer"), 5, finished_upload="3" * 32)
+            deadline = time.monotonic() + 30
+            with psycopg.connect(url, autocommit=True) as watcher:
+                while (
+                    time.monotonic() < deadline
+                    and not watcher.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).fetchone()
+                ):
+                    time.sleep(0.01)
+            assert not linking.done()  # it waits for the other transaction's repository row
+            other.commit()
+            linking.result(timeout=30)
+        assert metadata.linked_blob_size("raced", digest(b"layer")) == 5
+        assert metadata.get_upload("3" * 32) is None
+        assert metadata.repositories_with_blob(digest(b"layer")) == ["raced"]
+    finally:
+        engine.dispose()
 
 
 def test_a_failed_manifest_put_creates_no_repository_but_a_later_one_does(metadata: MetadataStore) -> None:

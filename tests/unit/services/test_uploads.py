@@ -291,6 +291,7 @@ def test_a_request_that_read_a_stale_offset_is_refused_after_taking_the_upload(
     stale = service.upload_status(REPO, upload.id)
     append(service, upload.id, b"first chunk")  # another request, between the read and the lock
     monkeypatch.setattr(service, "upload_status", lambda repository, upload_id: stale)
+    monkeypatch.setattr(service, "_remembered_state", lambda repository, upload_id: None)
     with pytest.raises(RangeInvalid):
         service.begin_append(REPO, upload.id)
     monkeypatch.undo()
@@ -338,3 +339,57 @@ def test_completing_with_the_state_of_the_own_append_reads_nothing_again(
     monkeypatch.undo()
     assert_gone(service, upload.id)
     assert service.stat_blob(REPO, sha256(b"whole blob")).size == 10
+
+
+# -- where this process left an upload -----------------------------------------------------------
+
+
+def test_the_process_that_left_an_upload_does_not_ask_the_database_where_it_stands(
+    service: RegistryService, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = service.start_upload(REPO)
+    monkeypatch.setattr(metadata, "get_upload", lambda upload_id: pytest.fail("asked the database"))
+    append(service, upload.id, b"first, ")
+    appender = service.begin_append(REPO, upload.id, start=7)
+    appender.write(b"second")
+    appender.finish()
+    assert service.complete_upload(REPO, upload.id, sha256(b"first, second")).size == 13
+    monkeypatch.undo()
+    assert_gone(service, upload.id)
+
+
+def test_an_upload_another_process_moved_is_looked_up_again(
+    service: RegistryService, metadata: MetadataStore, store: MemoryBlobStore
+) -> None:
+    other = RegistryService(metadata, store)
+    upload = service.start_upload(REPO)
+    append(service, upload.id, b"one,")  # `service` left it at 4 bytes
+    append(other, upload.id, b"two,")
+    with pytest.raises(RangeInvalid):  # the database says 8: a chunk from 4 is not where it stands
+        service.begin_append(REPO, upload.id, start=4)
+    appender = service.begin_append(REPO, upload.id, start=8)
+    appender.write(b"three")
+    assert appender.finish().size == 13
+    append(other, upload.id, b"!")  # and `service` completes where `other` left it
+    data = b"one,two,three!"
+    assert service.complete_upload(REPO, upload.id, sha256(data)).size == len(data)
+    assert b"".join(service.read_blob(sha256(data))) == data
+
+
+def test_a_remembered_upload_belongs_to_its_repository(service: RegistryService) -> None:
+    upload = service.start_upload(REPO)
+    append(service, upload.id, b"data")
+    with pytest.raises(BlobUploadUnknown):
+        service.begin_append("team/other", upload.id)
+    with pytest.raises(BlobUploadUnknown):
+        service.complete_upload("team/other", upload.id, sha256(b"data"))
+    assert service.complete_upload(REPO, upload.id, sha256(b"data")).size == 4
+
+
+def test_a_cancelled_upload_is_forgotten(service: RegistryService) -> None:
+    upload = service.start_upload(REPO)
+    append(service, upload.id, b"data")
+    service.cancel_upload(REPO, upload.id)
+    with pytest.raises(BlobUploadUnknown):
+        service.begin_append(REPO, upload.id)
+    assert_gone(service, upload.id)
