@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db import sql
-from shipyard.db.engine import autocommit, read_transaction, write_transaction
+from shipyard.db.engine import AutocommitConnections, autocommit, read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
 from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener, SharedChangeCounter
 from shipyard.db.models import (
@@ -67,6 +67,8 @@ class MetadataStore:
         manifest_cache.py). Without it, other processes hear of changes by NOTIFY only."""
         self.engine = engine
         self._dialect = engine.dialect.name
+        # PostgreSQL's single statements run on connections of their own (see AutocommitConnections)
+        self._statements = AutocommitConnections(engine) if self._dialect == "postgresql" else None
         database = engine.url.database
         self._fast: SqliteFastReader | None = None
         if self._dialect == "sqlite" and database and database != ":memory:":
@@ -107,8 +109,11 @@ class MetadataStore:
             listener.stop()
 
     def close(self) -> None:
-        """Stop the listener and release the shared change counter (its file and mapping)."""
+        """Stop the listener, close the idle statement connections and release the shared change counter
+        (its file and mapping)."""
         self.stop_watching()
+        if self._statements is not None:
+            self._statements.close()
         counter, self._counter = self._counter, None
         if counter is not None:
             counter.close()
@@ -221,7 +226,7 @@ class MetadataStore:
         if self._fast is not None:
             return self._fast.linked_blob_size(repository, digest)
         if self._dialect == "postgresql":
-            with autocommit(self.engine) as cursor:
+            with self._statement() as cursor:
                 cursor.execute(sql.PG_LINKED_BLOB_SIZE, (repository, digest))
                 row = cursor.fetchone()
             return None if row is None else int(row[0])
@@ -259,7 +264,7 @@ class MetadataStore:
             "upload": finished_upload,
         }
         if self._dialect == "postgresql":
-            with autocommit(self.engine) as cursor:
+            with self._statement() as cursor:
                 cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
                 if cursor.fetchone() is not None:
                     return
@@ -315,9 +320,15 @@ class MetadataStore:
         now = utcnow()
         return now, (now if self._dialect == "postgresql" else sql.sqlite_time(now))
 
+    def _statement(self) -> AbstractContextManager[Any]:
+        """A DBAPI cursor on which every statement is a transaction of its own."""
+        if self._statements is not None:
+            return self._statements.cursor()
+        return autocommit(self.engine)
+
     def _execute_one(self, statement: sql.Sql, values: Mapping[str, object]) -> Any:
         """Run one statement by itself; the cursor's rowcount, or its first row for a query."""
-        with autocommit(self.engine) as cursor:
+        with self._statement() as cursor:
             cursor.execute(statement.text(self._dialect == "postgresql"), values)
             return cursor.fetchone() if cursor.description else cursor.rowcount
 
@@ -524,6 +535,8 @@ class MetadataStore:
     def _manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
         if self._fast is not None:
             return self._fast.manifest_by_tag(repository, tag)
+        if self._statements is not None:
+            return self._pg_manifest(sql.PG_MANIFEST_BY_TAG, repository, tag)
         with read_transaction(self.engine) as conn:
             row = conn.execute(
                 select(*self._MANIFEST_COLUMNS)
@@ -538,6 +551,8 @@ class MetadataStore:
     def _manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
         if self._fast is not None:
             return self._fast.manifest_by_digest(repository, digest)
+        if self._statements is not None:
+            return self._pg_manifest(sql.PG_MANIFEST_BY_DIGEST, repository, digest)
         with read_transaction(self.engine) as conn:
             row = conn.execute(
                 select(*self._MANIFEST_COLUMNS)
@@ -547,6 +562,15 @@ class MetadataStore:
         return (
             None if row is None else StoredManifest(row.id, row.digest, row.media_type, row.size, row.content)
         )
+
+    def _pg_manifest(self, query: str, repository: str, key: str) -> StoredManifest | None:
+        """One statement, no ORM: a miss of the manifest cache costs ~0.15 ms of CPU, not ~1 ms."""
+        with self._statement() as cursor:
+            cursor.execute(query, (repository, key))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return StoredManifest(int(row[0]), row[1], row[2], int(row[3]), bytes(row[4]))
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         with self._manifest_change(repository) as (conn, repository_id):

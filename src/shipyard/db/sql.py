@@ -93,6 +93,17 @@ PG_LINKED_BLOB_SIZE = (
 
 # -- manifests ------------------------------------------------------------------------------------
 
+# the manifest cache's misses on PostgreSQL (SQLite's are in fastread.py)
+PG_MANIFEST_BY_TAG = (
+    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM tags t "
+    "JOIN repositories r ON r.id = t.repository_id JOIN manifests m ON m.id = t.manifest_id "
+    "WHERE r.name = %s AND t.name = %s"
+)
+PG_MANIFEST_BY_DIGEST = (
+    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM manifests m "
+    "JOIN repositories r ON r.id = m.repository_id WHERE r.name = %s AND m.digest = %s"
+)
+
 # PostgreSQL: take the repository's row lock (pushes of one repository take turns: two concurrent PUTs
 # of one new manifest would both insert it) and announce the change in the same round trip
 PG_LOCK_REPOSITORY = (
