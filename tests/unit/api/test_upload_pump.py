@@ -16,6 +16,7 @@ import pytest
 from shipyard.api.http import ClientDisconnected, Request
 from shipyard.api.oci import uploads
 from shipyard.api.oci.context import Context
+from shipyard.domain.errors import BlobUploadUnknown
 from shipyard.domain.records import UploadState
 from shipyard.services.registry import UploadAppender
 
@@ -80,8 +81,8 @@ class Body:
         return {"type": "http.request", "body": piece, "more_body": more}
 
 
-def _request(body: Body) -> Request:
-    scope = {"type": "http", "method": "PATCH", "path": "/v2/a/blobs/uploads/x", "headers": []}
+def _request(body: Body, headers: list[tuple[bytes, bytes]] | None = None) -> Request:
+    scope = {"type": "http", "method": "PATCH", "path": "/v2/a/blobs/uploads/x", "headers": headers or []}
     return Request(scope, body.receive)
 
 
@@ -96,7 +97,8 @@ def _context(executor: ThreadPoolExecutor) -> Context:
 
 
 def _pump(executor: ThreadPoolExecutor, body: Body, appender: FakeAppender) -> Any:
-    return uploads._pump(_context(executor), _request(body), cast(UploadAppender, appender))
+    stream = aiter(_request(body).stream())
+    return uploads._pump(_context(executor), stream, cast(UploadAppender, appender), uploads._Batch())
 
 
 def test_pieces_arrive_whole_in_order_and_in_large_batches(executor: ThreadPoolExecutor) -> None:
@@ -250,3 +252,84 @@ def test_a_cancelled_request_rolls_back_after_the_thread_is_done(executor: Threa
 
     asyncio.run(run())
     assert appender.events == ["write started", "write done", "aborted"]
+
+
+class FakeRegistry:
+    """begin_append hands out `appender`, noting how much of the body had arrived by then."""
+
+    def __init__(self, appender: FakeAppender, body: Body, error: Exception | None = None) -> None:
+        self.appender = appender
+        self.body = body
+        self.error = error
+        self.opened: list[tuple[object, ...]] = []
+
+    def begin_append(self, name: str, upload_id: str, start: int | None, length: int | None) -> FakeAppender:
+        self.opened.append((name, upload_id, start, length, self.body.delivered))
+        if self.error is not None:
+            raise self.error
+        return self.appender
+
+
+def _append(
+    executor: ThreadPoolExecutor, registry: FakeRegistry, headers: list[tuple[bytes, bytes]] | None = None
+) -> Any:
+    ctx = Context(registry=cast(Any, registry), access=cast(Any, None), executor=executor)
+    return uploads._append(ctx, _request(registry.body, headers), "a", "x")
+
+
+def test_a_body_that_ends_in_the_first_batch_is_appended_in_one_thread_call() -> None:
+    pieces = [b"a" * 700, b"b" * 100 * KiB, b"c" * 5]  # sent without a length, as streaming clients do
+    body, appender = Body(pieces), FakeAppender()
+    registry = FakeRegistry(appender, body)
+    executor = CountingExecutor()
+    with executor:
+        assert asyncio.run(_append(executor, registry)) == "state"
+    assert executor.submitted == 1
+    assert registry.opened == [("a", "x", None, None, 3)]  # opened once the whole body was in
+    assert bytes(appender.received) == b"".join(pieces)
+    assert appender.events == ["write started", "write done", "finished"]
+
+
+def test_a_longer_body_of_unknown_length_streams_after_the_first_batch() -> None:
+    pieces = [bytes([i]) * 100 * KiB for i in range(40)]  # 4 MiB
+    body, appender = Body(pieces), FakeAppender()
+    registry = FakeRegistry(appender, body)
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        assert asyncio.run(_append(executor, registry)) == "state"
+    (opened,) = registry.opened
+    assert opened[-1] * 100 * KiB >= uploads.FIRST_BATCH  # the first batch was in before it opened
+    assert opened[-1] < len(pieces)
+    assert bytes(appender.received) == b"".join(pieces)
+    assert len(appender.batches) > 2 and appender.events[-1] == "finished"
+
+
+def test_a_body_declared_large_opens_the_upload_before_reading() -> None:
+    pieces = [b"d" * PIECE] * 4
+    body, appender = Body(pieces), FakeAppender()
+    registry = FakeRegistry(appender, body)
+    headers = [(b"content-length", str(4 * PIECE).encode())]
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        assert asyncio.run(_append(executor, registry, headers)) == "state"
+    assert registry.opened == [("a", "x", None, 4 * PIECE, 0)]
+    assert bytes(appender.received) == b"".join(pieces)
+
+
+class FailingFinish(FakeAppender):
+    def finish(self, last: Sequence[bytes | bytearray] = ()) -> UploadState:
+        self.write_all(last)
+        raise OSError(28, "No space left on device")
+
+
+def test_a_small_body_that_fails_to_commit_is_rolled_back(executor: ThreadPoolExecutor) -> None:
+    body, appender = Body([b"e" * 2 * KiB]), FailingFinish()
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(_append(executor, FakeRegistry(appender, body)))
+    assert appender.events[-1] == "aborted"
+
+
+def test_a_small_body_for_an_unknown_upload_is_refused(executor: ThreadPoolExecutor) -> None:
+    body, appender = Body([b"f" * 2 * KiB]), FakeAppender()
+    registry = FakeRegistry(appender, body, BlobUploadUnknown("blob upload unknown"))
+    with pytest.raises(BlobUploadUnknown):
+        asyncio.run(_append(executor, registry))
+    assert appender.events == []

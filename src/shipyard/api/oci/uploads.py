@@ -7,6 +7,7 @@ import contextlib
 import re
 import threading
 from collections import deque
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
 
 from shipyard.api.errors import body_for, status_for
@@ -17,7 +18,7 @@ from shipyard.domain.digest import Digest
 from shipyard.domain.errors import BlobUploadInvalid, DigestInvalid, RangeInvalid, SizeInvalid
 from shipyard.domain.records import UploadState
 from shipyard.services.access import Identity
-from shipyard.services.registry import UploadAppender
+from shipyard.services.registry import RegistryService, UploadAppender
 
 # Bytes go to the writer thread in batches of about this size, so that hops to it are few; the loop
 # receives the next batch while the thread hashes and writes this one. (2 MiB measured no faster.)
@@ -185,16 +186,33 @@ def _abort_after(feeder: _Feeder, appender: UploadAppender) -> None:
     appender.abort()
 
 
-async def _pump(ctx: Context, request: Request, appender: UploadAppender) -> UploadState:
-    """Stream the request body into the upload; on any failure nothing of this chunk remains.
+async def _receive(body: AsyncIterator[bytes], batch: _Batch, limit: int) -> bool:
+    """Add pieces of the body to `batch` until it holds `limit` bytes; whether the body ended first."""
+    while batch.size < limit:
+        try:
+            piece = await anext(body)
+        except StopAsyncIteration:
+            return True
+        batch.add(piece)
+    return False
+
+
+async def _pump(
+    ctx: Context, body: AsyncIterator[bytes], appender: UploadAppender, batch: _Batch
+) -> UploadState:
+    """Stream the rest of the body into the upload after `batch`, what was received of it so far; on any
+    failure nothing of this chunk remains.
 
     Batches go to the writer thread while the next ones fill, so receiving overlaps hashing and
     writing."""
     feeder = _Feeder(ctx.executor, appender)
-    batch = _Batch()
     limit = FIRST_BATCH
     try:
-        async for piece in request.stream():
+        if batch.size >= limit:
+            await feeder.feed(batch)
+            batch = _Batch()
+            limit = WRITE_BATCH
+        async for piece in body:
             batch.add(piece)
             if batch.size >= limit:
                 await feeder.feed(batch)
@@ -207,8 +225,24 @@ async def _pump(ctx: Context, request: Request, appender: UploadAppender) -> Upl
         raise
 
 
+def _append_whole(
+    registry: RegistryService, name: str, upload_id: str, start: int | None, length: int | None, batch: _Batch
+) -> UploadState:
+    """Open the upload, write the whole chunk and commit it: one trip to a worker thread."""
+    appender = registry.begin_append(name, upload_id, start, length)
+    try:
+        return appender.finish(batch.pieces)
+    except BaseException:
+        appender.abort()
+        raise
+
+
 async def _append(ctx: Context, request: Request, name: str, upload_id: str) -> UploadState:
-    """Append the body as a chunk. Without Content-Range it is a streamed chunk that simply appends."""
+    """Append the body as a chunk. Without Content-Range it is a streamed chunk that simply appends.
+
+    A body that ends within the first batch (most chunks of small images, sent with or without a
+    length) is received before the upload is opened: opening, writing and committing it is then one
+    trip to a worker thread instead of three."""
     declared = parse_content_range(request.headers.get("content-range"))
     length = request.content_length()
     start: int | None = None
@@ -217,8 +251,12 @@ async def _append(ctx: Context, request: Request, name: str, upload_id: str) -> 
         if length is not None and length != range_length:
             raise SizeInvalid(f"Content-Length {length} does not match Content-Range ({range_length} bytes)")
         length = range_length
+    body = aiter(request.stream())
+    batch = _Batch()
+    if (length is None or length < FIRST_BATCH) and await _receive(body, batch, FIRST_BATCH):
+        return await ctx.run(_append_whole, ctx.registry, name, upload_id, start, length, batch)
     appender = await ctx.run(ctx.registry.begin_append, name, upload_id, start, length)
-    return await _pump(ctx, request, appender)
+    return await _pump(ctx, body, appender, batch)
 
 
 async def start_upload(ctx: Context, request: Request, send: Send, name: str, identity: Identity) -> None:
@@ -243,7 +281,7 @@ async def start_upload(ctx: Context, request: Request, send: Send, name: str, id
             appender = await ctx.run(
                 ctx.registry.begin_append, name, state.id, None, request.content_length()
             )
-            appended = await _pump(ctx, request, appender)
+            appended = await _pump(ctx, aiter(request.stream()), appender, _Batch())
             info = await ctx.run(ctx.registry.complete_upload, name, state.id, str(parsed), appended)
         except BaseException:
             await ctx.run(_discard, ctx, name, state.id)
