@@ -12,17 +12,9 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from shipyard.db.sql import MANIFEST_BY_DIGEST, MANIFEST_BY_TAG, Sql, stored_manifest
 from shipyard.domain.records import StoredManifest
 
-_BY_TAG = (
-    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM tags t "
-    "JOIN repositories r ON r.id = t.repository_id JOIN manifests m ON m.id = t.manifest_id "
-    "WHERE r.name = ? AND t.name = ?"
-)
-_BY_DIGEST = (
-    "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM manifests m "
-    "JOIN repositories r ON r.id = m.repository_id WHERE r.name = ? AND m.digest = ?"
-)
 _UPLOAD = "SELECT repository, size, created_at FROM upload_sessions WHERE id = ?"
 _LINKED_BLOB = (
     "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest "
@@ -66,17 +58,15 @@ class SqliteFastReader:
             self._version = version
             return True
 
-    def _manifest(self, sql: str, repository: str, key: str) -> StoredManifest | None:
-        row = self._connection().execute(sql, (repository, key)).fetchone()
-        if row is None:
-            return None
-        return StoredManifest(int(row[0]), row[1], row[2], int(row[3]), bytes(row[4]))
+    def _manifest(self, query: Sql, repository: str, key: str) -> StoredManifest | None:
+        values = {"repository": repository, "key": key}
+        return stored_manifest(self._connection().execute(query.sqlite, values).fetchone())
 
     def manifest_by_tag(self, repository: str, tag: str) -> StoredManifest | None:
-        return self._manifest(_BY_TAG, repository, tag)
+        return self._manifest(MANIFEST_BY_TAG, repository, tag)
 
     def manifest_by_digest(self, repository: str, digest: str) -> StoredManifest | None:
-        return self._manifest(_BY_DIGEST, repository, digest)
+        return self._manifest(MANIFEST_BY_DIGEST, repository, digest)
 
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
         row = self._connection().execute(_LINKED_BLOB, (repository, digest)).fetchone()

@@ -11,7 +11,11 @@ Statements are written with SQLite's `:name` parameters; `Sql.postgresql` is psy
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
+
+from shipyard.domain.records import StoredManifest
 
 _PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -93,16 +97,24 @@ PG_LINKED_BLOB_SIZE = (
 
 # -- manifests ------------------------------------------------------------------------------------
 
-# the manifest cache's misses on PostgreSQL (SQLite's are in fastread.py)
-PG_MANIFEST_BY_TAG = (
+# a manifest by tag or by digest, the manifest cache's misses (SQLite's on the fast reader); a row of
+# them is a StoredManifest by `stored_manifest`
+MANIFEST_BY_TAG = Sql(
     "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM tags t "
     "JOIN repositories r ON r.id = t.repository_id JOIN manifests m ON m.id = t.manifest_id "
-    "WHERE r.name = %s AND t.name = %s"
+    "WHERE r.name = :repository AND t.name = :key"
 )
-PG_MANIFEST_BY_DIGEST = (
+MANIFEST_BY_DIGEST = Sql(
     "SELECT m.id, m.digest, m.media_type, m.size, m.content FROM manifests m "
-    "JOIN repositories r ON r.id = m.repository_id WHERE r.name = %s AND m.digest = %s"
+    "JOIN repositories r ON r.id = m.repository_id WHERE r.name = :repository AND m.digest = :key"
 )
+
+
+def stored_manifest(row: Sequence[Any] | None) -> StoredManifest | None:
+    if row is None:
+        return None
+    return StoredManifest(int(row[0]), row[1], row[2], int(row[3]), bytes(row[4]))
+
 
 # PostgreSQL: take the repository's row lock (pushes of one repository take turns: two concurrent PUTs
 # of one new manifest would both insert it) and announce the change in the same round trip
