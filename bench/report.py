@@ -414,7 +414,7 @@ def render_growth(m: Medians, sizes: Sizes) -> str:
             rows.append(cells)
     for level in sizes.growth_levels:
         fill = f"growth.{level}.fill_rows_per_s"
-        cells = [f"SQL fill rate up to {level:,} tags", "rows/s"]
+        cells = [f"SQL fill rate of {level:,} tags", "rows/s"]
         for server in SHIPYARDS:
             cells += [_fmt(m.get(fill, {}).get(server)), ""]
         rows.append(cells)

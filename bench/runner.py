@@ -25,7 +25,7 @@ from typing import Any
 from tests.support.postgres import PostgresServer
 
 from bench import report, tools
-from bench.client import Registry, RegistryError, make_image
+from bench.client import OCI_MANIFEST, Registry, RegistryError, make_image
 from bench.config import AUTH_SERVER, SERVER_NAMES, SHIPYARDS, MiB, Sizes
 from bench.growth import GROWTH_REPO, PROBE_TAG, SqlFiller, growth_tag, settle_database
 from bench.procs import ResourceSampler, tree_usage
@@ -176,37 +176,48 @@ def run_growth(
     postgres: PostgresServer | None,
     notes: list[str],
 ) -> None:
-    sizes = options.sizes
+    """Each Shipyard flavour gets one server and database per level, filled once; then every pass
+    measures a probe on all levels back to back, so that the machine's drift over minutes falls on
+    every level alike instead of on the last one filled."""
     wanted = [name for name in SHIPYARDS if name in options.servers and (name != "shipyard-pg" or postgres)]
-    if not wanted:
-        return
-    servers: dict[str, Server] = {}
     for name in wanted:
-        url = postgres.create_database("shipyard_growth") if name == "shipyard-pg" and postgres else None
+        _growth_of(name, run, options, work, stack, postgres, notes)
+
+
+def _growth_of(
+    name: str,
+    run: Run,
+    options: Options,
+    work: Path,
+    stack: contextlib.ExitStack,
+    postgres: PostgresServer | None,
+    notes: list[str],
+) -> None:
+    sizes = options.sizes
+    probe = make_image(sizes.manifest_layers, "growth-probe")
+    servers: dict[int, Server] = {}
+    clients: dict[int, Registry] = {}
+    for level in sizes.growth_levels:
+        pg = postgres if name == "shipyard-pg" else None
+        url = pg.create_database(f"shipyard_growth_{level}") if pg else None
         server = start_shipyard(
             name,
-            work / f"growth-{name}",
+            work / f"growth-{name}-{level}",
             database_url=url,
             workers=options.shipyard_workers,
-            postgres=postgres if url else None,
+            postgres=pg,
         )
         stack.callback(server.stop)
         run.ports.append(server.port)
-        servers[name] = server
-    probe = make_image(sizes.manifest_layers, "growth-probe")
-    clients = {name: Registry(server.url) for name, server in servers.items()}
-    fillers: dict[str, SqlFiller] = {}
-    for name, server in servers.items():
-        probe.push(clients[name], GROWTH_REPO, PROBE_TAG)
+        servers[level] = server
+        clients[level] = Registry(server.url)
+        probe.push(clients[level], GROWTH_REPO, PROBE_TAG)
         assert server.database_url is not None
-        fillers[name] = SqlFiller(server.database_url)
-    script = work / "report.lua"
-    for level in sizes.growth_levels:
-        for name in servers:
-            before = fillers[name].count
-            seconds = fillers[name].fill_to(level)
-            run.add(f"growth.{level}.fill_rows_per_s", name, 2 * (level - before) / seconds)
-            log(f"{run.elapsed()} growth: {name} has {level:,} tags ({seconds:.1f} s to fill)")
+        seconds = SqlFiller(server.database_url).fill_to(level)
+        run.add(f"growth.{level}.fill_rows_per_s", name, 2 * level / seconds)
+        log(f"{run.elapsed()} growth: {name} has {level:,} tags ({seconds:.1f} s to fill)")
+    paths: dict[int, dict[str, str]] = {}
+    for level, client in clients.items():
         every_path = {
             "manifest_get_tag": f"/v2/{GROWTH_REPO}/manifests/{PROBE_TAG}",
             "manifest_get_digest": f"/v2/{GROWTH_REPO}/manifests/{probe.digest}",
@@ -215,45 +226,45 @@ def run_growth(
             "tags_last": f"/v2/{GROWTH_REPO}/tags/list?n={sizes.page}"
             f"&last={growth_tag(level - sizes.page - 1)}",
         }
-        paths = {what: path for what, path in every_path.items() if what in sizes.growth_probes}
+        paths[level] = {what: path for what, path in every_path.items() if what in sizes.growth_probes}
         expected = [growth_tag(i) for i in range(level // 2 + 1, level // 2 + 1 + sizes.page)]
-        for name, client in clients.items():
-            page = client.get_json(every_path["tags_middle"]).get("tags")
-            if page != expected:
-                raise RuntimeError(f"growth: {name} returned a wrong middle page: {page!r:.200}")
-        for name in servers:  # warm up: the first requests after a big fill read cold pages
-            for path in paths.values():
-                clients[name].request(
-                    "GET", path, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        page = client.get_json(every_path["tags_middle"]).get("tags")
+        if page != expected:
+            raise RuntimeError(f"growth: {name} at {level:,} tags gave a wrong middle page: {page!r:.200}")
+        for path in paths[level].values():  # warm up: the first requests after a big fill read cold pages
+            client.request("GET", path, headers={"Accept": OCI_MANIFEST})
+    script = work / "report.lua"
+    # each pass goes through the levels and back (1k 100k 1M 1M 100k 1k): a drift of the machine
+    # during the pass weighs on every level alike
+    order = [*servers, *reversed(servers)]
+    for _round in range(sizes.rounds_of_growth):
+        for what in sizes.growth_probes:
+            for level in order:
+                server = servers[level]
+                result = tools.wrk(
+                    f"{server.url}{paths[level][what]}",
+                    connections=1,
+                    seconds=sizes.latency_seconds,
+                    headers={"Accept": OCI_MANIFEST},
+                    script=script,
                 )
-        for round_no in range(sizes.rounds_of_growth):
-            for what, path in paths.items():
-                order = list(servers)
-                if round_no % 2:
-                    order.reverse()
-                for name in order:
-                    result = tools.wrk(
-                        f"{servers[name].url}{path}",
-                        connections=1,
-                        seconds=sizes.latency_seconds,
-                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-                        script=script,
+                if result.errors and result.requests and result.errors <= result.requests * 0.01:
+                    # the same tolerance as the rounds' load runs; the note names the errors
+                    notes.append(
+                        f"growth {level:,} {what} on {name}: {result.errors} errors "
+                        f"({result.error_kinds}) in {result.requests} requests; the server's log ends:\n"
+                        f"{log_tail(server.log_path)}"
                     )
-                    if result.errors and result.requests and result.errors <= result.requests * 0.01:
-                        # the same tolerance as the rounds' load runs; the note names the errors
-                        notes.append(
-                            f"growth {level:,} {what} on {name}: {result.errors} errors "
-                            f"({result.error_kinds}) in {result.requests} requests; the server's log ends:\n"
-                            f"{log_tail(servers[name].log_path)}"
-                        )
-                    elif result.errors or not result.requests:
-                        raise RuntimeError(
-                            f"growth {name} {path}: {result.errors} errors ({result.error_kinds}) "
-                            f"in {result.requests} requests; the server's log ends:\n"
-                            f"{log_tail(servers[name].log_path)}"
-                        )
-                    run.add(f"growth.{level}.{what}.p50_ms", name, result.p50_ms)
-                    log(f"{run.elapsed()}   growth {level:>9,} {what:20s} {name:13s} {result.p50_ms:.3f} ms")
+                elif result.errors or not result.requests:
+                    raise RuntimeError(
+                        f"growth {name} at {level:,} tags {what}: {result.errors} errors "
+                        f"({result.error_kinds}) in {result.requests} requests; the server's log ends:\n"
+                        f"{log_tail(server.log_path)}"
+                    )
+                run.add(f"growth.{level}.{what}.p50_ms", name, result.p50_ms)
+                log(f"{run.elapsed()}   growth {level:>9,} {what:20s} {name:13s} {result.p50_ms:.3f} ms")
+    for client in clients.values():
+        client.close()
     for server in servers.values():
         server.stop()
 
