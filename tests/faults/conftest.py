@@ -115,9 +115,12 @@ class FaultRegistry:
 
 
 def staged_size(registry: FaultRegistry, upload_id: str) -> int:
-    """Bytes in an upload's staging file (-1 when there is none)."""
-    path = registry.data_dir / "uploads" / upload_id
-    return path.stat().st_size if path.exists() else -1
+    """Bytes in an upload's staging file (-1 when there is none, or it went away while looking: the
+    churn's uploads complete all along)."""
+    try:
+        return (registry.data_dir / "uploads" / upload_id).stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def new_database_url(database: str, request: pytest.FixtureRequest, data_dir: Path) -> str:
