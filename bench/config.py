@@ -86,8 +86,8 @@ FULL = Sizes(
     repositories=10_000,
     page=100,
     growth_levels=(1_000, 100_000, 1_000_000),
-    growth_rounds=2,  # each round measures every level twice (see runner.run_growth)
-    blob_get_repeats=3,
+    growth_rounds=3,  # each round measures every level twice (see runner.run_growth)
+    blob_get_repeats=5,
 )
 
 QUICK = Sizes(

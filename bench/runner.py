@@ -69,11 +69,15 @@ class Options:
 class Run:
     options: Options
     samples: report.Samples = field(default_factory=dict)
+    passes: report.Passes = field(default_factory=dict)
     ports: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, metric: str, server: str, value: float) -> None:
+    def add(self, metric: str, server: str, value: float, pass_key: str = "") -> None:
+        """One sample; `pass_key` names the pass it was measured in, shared by the samples of the other
+        servers (or levels) measured in the same pass ("": not part of a pass)."""
         self.samples.setdefault(metric, {}).setdefault(server, []).append(value)
+        self.passes.setdefault(metric, {}).setdefault(server, []).append(pass_key)
 
     def elapsed(self) -> str:
         return f"[{time.monotonic() - self.started:6.1f}s]"
@@ -102,7 +106,9 @@ def _loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def measure(run: Run, bench: Bench, item: Item, server: Server | None, round_no: int) -> Metrics:
+def measure(
+    run: Run, bench: Bench, item: Item, server: Server | None, round_no: int, pass_key: str = ""
+) -> Metrics:
     before = tree_usage(server.cpu_roots).cpu_seconds if server else 0.0
     metrics = item.run(server, round_no) if server else item.run(_REFERENCE, round_no)
     if server is not None:
@@ -110,7 +116,7 @@ def measure(run: Run, bench: Bench, item: Item, server: Server | None, round_no:
     name = server.name if server else "reference"
     for key, value in metrics.items():
         if key != "requests":
-            run.add(f"{item.name}.{key}", name, value)
+            run.add(f"{item.name}.{key}", name, value, pass_key)
     return metrics
 
 
@@ -139,13 +145,13 @@ def run_rounds(run: Run, bench: Bench) -> None:
                 order = list(item.servers)
                 shift = (round_no * item.repeats + repeat) % len(order)
                 for name in order[shift:] + order[:shift]:
-                    _sample(run, bench, item, name, round_no)
+                    _sample(run, bench, item, name, round_no, f"{item.name} {round_no}.{repeat}")
 
 
-def _sample(run: Run, bench: Bench, item: Item, name: str, round_no: int) -> None:
+def _sample(run: Run, bench: Bench, item: Item, name: str, round_no: int, pass_key: str) -> None:
     server = bench.servers.get(name)
     try:
-        metrics = measure(run, bench, item, server, round_no)
+        metrics = measure(run, bench, item, server, round_no, pass_key)
     except (tools.ToolError, RegistryError, RuntimeError, OSError) as exc:
         # one failed measurement costs its sample, not the whole run; the table says so
         problem = f"round {round_no + 1}, {item.name} on {name} failed: {exc}"
@@ -237,9 +243,12 @@ def _growth_of(
     # each pass goes through the levels and back (1k 100k 1M 1M 100k 1k): a drift of the machine
     # during the pass weighs on every level alike
     order = [*servers, *reversed(servers)]
-    for _round in range(sizes.rounds_of_growth):
+    for round_no in range(sizes.rounds_of_growth):
         for what in sizes.growth_probes:
+            seen: dict[int, int] = {}
             for level in order:
+                # the first visit of each level in this pass pairs with the other levels' first visits
+                visit = seen[level] = seen.get(level, -1) + 1
                 server = servers[level]
                 result = tools.wrk(
                     f"{server.url}{paths[level][what]}",
@@ -261,7 +270,7 @@ def _growth_of(
                         f"({result.error_kinds}) in {result.requests} requests; the server's log ends:\n"
                         f"{log_tail(server.log_path)}"
                     )
-                run.add(f"growth.{level}.{what}.p50_ms", name, result.p50_ms)
+                run.add(f"growth.{level}.{what}.p50_ms", name, result.p50_ms, f"growth {round_no}.{visit}")
                 log(f"{run.elapsed()}   growth {level:>9,} {what:20s} {name:13s} {result.p50_ms:.3f} ms")
     for client in clients.values():
         client.close()
@@ -434,7 +443,7 @@ def execute(options: Options) -> dict[str, Any]:
         listening.append(f"{work} was not removed")
     wall = time.monotonic() - run.started
     meds = report.medians(run.samples)
-    ts = report.targets(meds, sizes)
+    ts = report.targets(meds, sizes, run.samples, run.passes)
     meta = {
         "mode": sizes.mode,
         "started_at": started_at.isoformat(),
@@ -456,6 +465,7 @@ def execute(options: Options) -> dict[str, Any]:
     payload = {
         "meta": meta,
         "samples": run.samples,
+        "passes": run.passes,
         "medians": meds,
         "speedups": {
             metric: {
@@ -483,7 +493,7 @@ def save(payload: dict[str, Any], options: Options) -> dict[str, Path]:
     if options.chart:
         chart = out / f"{base}.png"
         meds = payload["medians"]
-        ts = report.targets(meds, options.sizes)
+        ts = report.targets(meds, options.sizes, payload["samples"], payload["passes"])
         if report.draw_chart(chart, meds, options.sizes, ts):
             paths["chart"] = chart
     for name, path in list(paths.items()):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from bench.config import SMOKE
-from bench.report import render_main, speedup, targets
+from bench.report import medians as medians_of
+from bench.report import paired_ratio, render_main, render_targets, speedup, targets
 from tests.support.postgres import find_binary
 from tests.support.tools import in_ci, require_tool
 
@@ -95,7 +96,7 @@ def test_smoke_run_against_every_server(tmp_path: Path) -> None:
 
     (json_path,) = results.glob("bench-smoke-*.json")
     payload = json.loads(json_path.read_text())
-    assert set(payload) >= {"meta", "samples", "medians", "speedups", "targets", "table"}
+    assert set(payload) >= {"meta", "samples", "passes", "medians", "speedups", "targets", "table"}
     meta = payload["meta"]
     assert meta["mode"] == "smoke"
     assert meta["cleanup_problems"] == []
@@ -114,6 +115,15 @@ def test_smoke_run_against_every_server(tmp_path: Path) -> None:
         for server, values in by_server.items():
             assert len(values) >= 1, (metric, server)
             assert all(isinstance(v, (int, float)) for v in values), (metric, server)
+            assert len(payload["passes"][metric][server]) == len(values), (metric, server)
+    # the blob GETs and manifest loads of every server share their passes, growth its levels
+    assert (
+        payload["passes"]["blob_get_full.mbps"]["shipyard"]
+        == payload["passes"]["blob_get_full.mbps"]["nginx"]
+    )
+    assert set(payload["passes"]["growth.100.manifest_get_tag.p50_ms"]["shipyard"]) == set(
+        payload["passes"]["growth.300.manifest_get_tag.p50_ms"]["shipyard"]
+    )
 
     assert "shipyard/distribution" in payload["speedups"]["manifest_get_tag.c8.rps"]
     assert "shipyard/nginx" in payload["speedups"]["blob_get_full.mbps"]
@@ -173,3 +183,44 @@ def test_targets_are_judged_from_the_table_medians() -> None:
     assert speedup(medians, "manifest_get_tag.c16.p50_ms", "shipyard", "distribution") == 4.0
     table = render_main(medians, sizes)
     assert "blob GET full" in table and "11.00x" in table
+
+
+def test_a_target_takes_the_median_of_the_per_pass_ratios_when_passes_pair_up() -> None:
+    """Synthetic numbers: the machine was slow for both servers in the last two passes, and in the
+    second pass only Shipyard's sample was hit. Paired, the slow passes cancel out and the hit sample is
+    one pair of four (a pass); the medians' quotient reads a miss."""
+    samples = {
+        "blob_get_full.mbps": {
+            "shipyard": [2000.0, 1000.0, 1000.0, 1000.0],
+            "nginx": [2000.0, 2000.0, 1000.0, 1000.0],
+        },
+        "blob_get_range.mbps": {"shipyard": [900.0, 900.0], "nginx": [1000.0, 1000.0]},
+    }
+    passes = {
+        "blob_get_full.mbps": {"shipyard": ["p0", "p1", "p2", "p3"], "nginx": ["p0", "p1", "p2", "p3"]},
+        "blob_get_range.mbps": {"shipyard": ["p0", "p1"], "nginx": ["p0", "p1"]},
+    }
+    assert paired_ratio(samples, passes, "blob_get_full.mbps", "shipyard", "nginx") == (1.0, 4)
+    # too few pairs, or samples that belong to no pass: no paired figure
+    assert paired_ratio(samples, passes, "blob_get_range.mbps", "shipyard", "nginx") is None
+    unpaired = {m: {s: [""] * len(v) for s, v in by.items()} for m, by in passes.items()}
+    assert paired_ratio(samples, unpaired, "blob_get_full.mbps", "shipyard", "nginx") is None
+    # passes that only one side has are left out
+    lopsided = {
+        **passes,
+        "blob_get_full.mbps": {**passes["blob_get_full.mbps"], "nginx": ["p0", "x", "p2", "p3"]},
+    }
+    assert paired_ratio(samples, lopsided, "blob_get_full.mbps", "shipyard", "nginx") == (1.0, 3)
+
+    medians = medians_of(samples)
+    judged = {t.label: t for t in targets(medians, SMOKE, samples, passes) if t.server == "shipyard"}
+    full = judged["blob GET full vs nginx"]
+    assert (full.measured, full.pairs, full.mark) == (1.0, 4, "PASS")
+    # range has two pairs only: the medians' quotient, 900 / 1000
+    ranged = judged["blob GET range vs nginx"]
+    assert (ranged.measured, ranged.pairs, ranged.mark) == (0.9, 0, "MISS")
+    # without the passes, full is judged on the medians: 1000 / 1500
+    plain = {t.label: t for t in targets(medians, SMOKE) if t.server == "shipyard"}
+    assert plain["blob GET full vs nginx"].measured == 1000.0 / 1500.0
+    assert plain["blob GET full vs nginx"].mark == "MISS"
+    assert "4 pairs" in render_targets(list(judged.values()))
