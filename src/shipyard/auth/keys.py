@@ -8,6 +8,7 @@ the keys in the directory then only verify.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -48,8 +49,9 @@ class SigningKey:
     # the key came from the secrets file, not from the keys directory
     from_file: bool = False
 
-    @property
+    @functools.cached_property
     def public(self) -> Ed25519PublicKey:
+        # derived once: deriving it costs about as much as a verification
         return self.private.public_key()
 
     def sign(self, data: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -84,6 +85,14 @@ class TagInvalid(RegistryError):
 class Unauthorized(RegistryError):
     code = "UNAUTHORIZED"
     message = "authentication required"
+
+    def __init__(
+        self, detail: str | None = None, *, extra: Any = None, record: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(detail, extra=extra)
+        # what must be written down (an audit event) before the answer goes out: blocking work that the
+        # caller runs on a worker thread, so that a flood of bad credentials cannot stall the event loop
+        self.record = record
 
 
 class Denied(RegistryError):

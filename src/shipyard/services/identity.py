@@ -368,8 +368,14 @@ class TokenAccess:
         return identity
 
     def _reject(self, principal: str | None, source: str | None, reason: str) -> NoReturn:
-        self.identity.audit("token-rejected", principal=principal, source=source, action=None, reason=reason)
-        raise Unauthorized("invalid token", extra={"error": "invalid_token"}) from None
+        """The audit event is written by whoever answers (see Unauthorized.record), off the event loop."""
+
+        def record() -> None:
+            self.identity.audit(
+                "token-rejected", principal=principal, source=source, action=None, reason=reason
+            )
+
+        raise Unauthorized("invalid token", extra={"error": "invalid_token"}, record=record) from None
 
     def require_authenticated(self, identity: Identity) -> None:
         if not (isinstance(identity, TokenIdentity) and identity.has_token):
@@ -394,14 +400,19 @@ class TokenAccess:
             "registry:catalog:*" if repository is None else f"repository:{repository}:{_challenge(action)}"
         )
         if isinstance(identity, TokenIdentity) and identity.has_token:
-            self.identity.audit(
-                "access-denied",
-                principal=identity.subject or "anonymous",
-                source=identity.source,
-                action=f"{action} {repository or 'catalog'}",
-                reason="token does not grant this action",
+
+            def record() -> None:
+                self.identity.audit(
+                    "access-denied",
+                    principal=identity.subject or "anonymous",
+                    source=identity.source,
+                    action=f"{action} {repository or 'catalog'}",
+                    reason="token does not grant this action",
+                )
+
+            raise Unauthorized(
+                "insufficient scope", extra={"scope": scope, "error": "insufficient_scope"}, record=record
             )
-            raise Unauthorized("insufficient scope", extra={"scope": scope, "error": "insufficient_scope"})
         raise Unauthorized("authentication required", extra={"scope": scope})
 
     def allowed(self, identity: Identity, repository: str, action: Action) -> bool:

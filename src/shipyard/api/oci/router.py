@@ -53,6 +53,11 @@ class OciApi:
             body = error_body("SIZE_INVALID", "the request body ended before its declared length")
             await self._error(request, send, 400, body)
         except Unauthorized as error:
+            if error.record is not None:
+                try:
+                    await self.ctx.run(error.record)
+                except Exception:
+                    log.exception("could not record the refusal of %s %s", request.method, request.path)
             headers = {}
             if self.ctx.auth_service is not None:
                 headers["www-authenticate"] = self._challenge(request, error)
