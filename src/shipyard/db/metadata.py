@@ -63,8 +63,9 @@ class MetadataStore:
         self, engine: Engine, *, cache_manifests: bool = True, change_file: Path | None = None
     ) -> None:
         """`change_file`: where the processes of one server (its workers) share a manifest change
-        counter, so that none serves from its cache what another changed (PostgreSQL; see
-        manifest_cache.py). Without it, other processes hear of changes by NOTIFY only."""
+        counter, so that none serves from its cache what another changed (see manifest_cache.py).
+        Without it, other processes hear of changes by NOTIFY only (PostgreSQL), or within a
+        millisecond by the database's data version (SQLite)."""
         self.engine = engine
         self._dialect = engine.dialect.name
         # PostgreSQL's single statements run on connections of their own (see AutocommitConnections)
@@ -74,7 +75,7 @@ class MetadataStore:
         if self._dialect == "sqlite" and database and database != ":memory:":
             self._fast = SqliteFastReader(database)
         # manifest lookups by (repository, reference); see manifest_cache.py for how it stays correct.
-        # On SQLite it is validated on every hit; on PostgreSQL it is off until `watch_changes` listens.
+        # On SQLite it is on at once; on PostgreSQL it is off until `watch_changes` listens.
         self._cache: ManifestCache | None = None
         self._listener: PostgresChangeListener | None = None
         self._origin = uuid.uuid4().hex
@@ -82,7 +83,7 @@ class MetadataStore:
             self._cache = ManifestCache(enabled=self._fast is not None)
         self._counter: SharedChangeCounter | None = None
         self._counter_seen = 0
-        if self._cache is not None and self._dialect == "postgresql" and change_file is not None:
+        if self._cache is not None and change_file is not None:
             self._counter = SharedChangeCounter(change_file)
             self._counter_seen = self._counter.value()
 
@@ -95,7 +96,7 @@ class MetadataStore:
 
     def watch_changes(self, *, retry_seconds: float = 1.0) -> None:
         """Follow other processes' manifest changes, which the PostgreSQL cache needs to be on: a
-        LISTEN thread. Nothing to do on SQLite (each hit checks the database's data version)."""
+        LISTEN thread. Nothing to do on SQLite (hits check the database's data version)."""
         if self._cache is None or self._dialect != "postgresql" or self._listener is not None:
             return
         self._listener = PostgresChangeListener(
@@ -140,19 +141,21 @@ class MetadataStore:
 
     def cached_manifest(self, repository: str, reference: str) -> StoredManifest | None:
         """A manifest from the cache by tag or digest, or None; never waits on the network (on
-        SQLite it asks the database whether anything changed: microseconds)."""
+        SQLite it asks the database whether anything changed, at most once a millisecond)."""
         cache = self._cache
         if cache is None:
             return None
-        if self._fast is not None and self._fast.changed(cache.clear):
-            return None
+        # both looks are taken every time (no short cut), so that each has its first look at once
+        fresh = True
         counter = self._counter
         if counter is not None and (seen := counter.value()) != self._counter_seen:
-            # another worker changed something (its NOTIFY may still be on its way)
+            # another worker changed something (on PostgreSQL, its NOTIFY may still be on its way)
             self._counter_seen = seen
             cache.clear()
-            return None
-        return cache.get(repository, reference)
+            fresh = False
+        if self._fast is not None and self._fast.changed(cache.clear):
+            fresh = False
+        return cache.get(repository, reference) if fresh else None
 
     @contextmanager
     def _manifest_change(

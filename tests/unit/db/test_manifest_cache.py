@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from shipyard.db import migrate
+from shipyard.db import fastread, migrate
 from shipyard.db.engine import make_engine
 from shipyard.db.manifest_cache import ManifestCache, SharedChangeCounter
 from shipyard.db.metadata import MetadataStore
@@ -140,9 +140,19 @@ def heard(store: MetadataStore) -> int:
 
 def settle(store: MetadataStore, before: int, changes: int) -> None:
     """Wait until `store` has heard of `changes` more changes by other processes (PostgreSQL delivers
-    them asynchronously, within milliseconds; SQLite needs no notice)."""
+    them asynchronously, within milliseconds; SQLite asks the database at most once per
+    CHANGE_CHECK_SECONDS, so that is how long a change by another server may go unseen)."""
     if store.change_listener is not None:
         eventually(lambda: heard(store) >= before + changes)
+    else:
+        time.sleep(2 * fastread.CHANGE_CHECK_SECONDS)
+
+
+@pytest.fixture
+def data_version_unasked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's data version asked once and then not for an hour: what a test then sees of another
+    store's writes, the shared change counter alone explains."""
+    monkeypatch.setattr(fastread, "CHANGE_CHECK_SECONDS", 3600.0)
 
 
 def test_lookups_are_served_from_the_cache(stores: tuple[MetadataStore, MetadataStore]) -> None:
@@ -237,7 +247,9 @@ def test_a_repository_deleted_by_another_process_is_gone(stores: tuple[MetadataS
     assert found is not None and found.digest == str(again.digest)
 
 
-def test_this_process_sees_its_own_writes_at_once(stores: tuple[MetadataStore, MetadataStore]) -> None:
+def test_this_process_sees_its_own_writes_at_once(
+    stores: tuple[MetadataStore, MetadataStore], data_version_unasked: None
+) -> None:
     store, _ = stores
     old = push(store, "app", b"config 1", b"layer", tags=["latest"])
     assert lookup(store, "app", "latest") is not None
@@ -276,6 +288,7 @@ def test_sqlite_notices_a_commit_from_any_connection(tmp_path: Path) -> None:
         assert store.cached_manifest("app", "latest") is not None
         with sqlite3.connect(path) as conn:
             conn.execute("UPDATE tags SET manifest_id = ? WHERE name = 'latest'", (ids[str(new.digest)],))
+        time.sleep(2 * fastread.CHANGE_CHECK_SECONDS)  # how long such a commit may go unseen
         assert store.cached_manifest("app", "latest") is None
         found = lookup(store, "app", "latest")
         assert found is not None and found.digest == str(new.digest)
@@ -376,11 +389,12 @@ def test_a_shared_change_counter_is_seen_by_every_process_mapping_it(tmp_path: P
         second.close()
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"], indirect=True)
 def test_workers_sharing_a_change_file_never_serve_what_another_changed(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, data_version_unasked: None
 ) -> None:
-    """No listener here, so no NOTIFY can help: only the shared counter keeps the reader right."""
+    """No listener here and SQLite's data version unasked, so neither a NOTIFY nor the database can
+    help: only the shared counter keeps the reader right."""
     migrate.upgrade(engine)
     change_file = tmp_path / "manifest-changes"
     other_engine = make_engine(engine.url.render_as_string(hide_password=False))
