@@ -31,18 +31,6 @@ from shipyard.domain.errors import ManifestBlobUnknown
 from shipyard.domain.manifest import ParsedManifest
 from shipyard.domain.records import Page, Referrer, StoredManifest, UploadState
 
-# Built once: composing a statement per request costs more than PostgreSQL takes to answer it.
-_TAG_PAGE = (
-    select(Tag.name)
-    .where(
-        Tag.repository_id
-        == select(Repository.id).where(Repository.name == bindparam("repository")).scalar_subquery(),
-        Tag.name > bindparam("last"),
-    )
-    .order_by(Tag.name)
-    .limit(bindparam("limit"))
-)
-
 
 def _cursor(conn: Connection) -> Any:
     """The DBAPI cursor of `conn`, inside its transaction."""
@@ -638,16 +626,18 @@ class MetadataStore:
             return self._repository_id(conn, repository) is not None
 
     def list_tags(self, repository: str, limit: int, last: str | None) -> Page | None:
-        # One statement for every page, first or not (every tag sorts after ""); only an empty page
-        # asks whether the repository exists at all.
-        with read_transaction(self.engine) as conn:
-            names = list(
-                conn.execute(
-                    _TAG_PAGE, {"repository": repository, "last": last or "", "limit": limit + 1}
-                ).scalars()
-            )
-            if not names and self._repository_id(conn, repository) is None:
-                return None
+        # One statement for every page, first or not (every tag sorts after ""), on the DBAPI cursor: a
+        # whole list of 10,000 tags through SQLAlchemy's result rows took twice as long. Only an empty
+        # page asks whether the repository exists at all.
+        postgres = self._dialect == "postgresql"
+        values = {"repository": repository, "last": last or "", "limit": limit + 1}
+        with self._statement() as cursor:
+            cursor.execute(sql.TAG_PAGE.text(postgres), values)
+            names = [row[0] for row in cursor.fetchall()]
+            if not names:
+                cursor.execute(sql.REPOSITORY_ID.text(postgres), {"name": repository})
+                if cursor.fetchone() is None:
+                    return None
         return Page(names[:limit], len(names) > limit)
 
     def catalog(

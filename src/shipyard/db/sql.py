@@ -110,6 +110,14 @@ MANIFEST_BY_DIGEST = Sql(
 )
 
 
+# a page of a repository's tags in byte order (`:last` "" for the first); the tag names are a "C"
+# collation column on PostgreSQL, so the index gives the order
+TAG_PAGE = Sql(
+    "SELECT name FROM tags WHERE repository_id = (SELECT id FROM repositories WHERE name = :repository) "
+    "AND name > :last ORDER BY name LIMIT :limit"
+)
+
+
 def stored_manifest(row: Sequence[Any] | None) -> StoredManifest | None:
     if row is None:
         return None
