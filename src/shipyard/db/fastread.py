@@ -64,12 +64,10 @@ class SqliteFastReader:
             if self._version_conn is None:
                 self._version_conn = self._open()
             version = self._version_conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
+            changed: bool = version != self._version
+            if changed:
                 forget()
                 self._version = version
-                changed = True
-            else:
-                changed = False
             # only now, `forget` having run: no thread is told "unchanged" about a commit seen here
             self._fresh_until = started + CHANGE_CHECK_SECONDS
             return changed
