@@ -188,6 +188,8 @@ def start_distribution(root: Path, binary: str = "docker-registry") -> Server:
     )
 
 
+# nginx at its fastest here: tcp_nopush (TCP_CORK) off. With it on, a 1 GiB sendfile GET on loopback went
+# at 1.6 GB/s and curl spent half as much CPU again receiving it; off, at 1.9-2.6 GB/s
 NGINX_CONFIG = """\
 daemon off;
 master_process on;
@@ -201,7 +203,7 @@ events {{
 http {{
     access_log off;
     sendfile on;
-    tcp_nopush on;
+    tcp_nopush off;
     tcp_nodelay on;
     keepalive_requests 10000000;
     keepalive_timeout 120s;
