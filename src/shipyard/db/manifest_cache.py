@@ -7,16 +7,16 @@ so every change to a repository's manifests or tags drops all of that repository
 
 - in this process, synchronously, right after the change commits (a client sees its own writes);
 - in other processes sharing the database: on SQLite, the metadata store checks `PRAGMA data_version`
-  before a hit, at most once a millisecond (any commit by another connection clears the cache); on
+  before a hit, at most once every 10 ms (any commit by another connection clears the cache); on
   PostgreSQL, each writer sends a NOTIFY in the transaction of the change and `PostgresChangeListener`
   drops the repository named in it. While the listener is not connected the cache is off: a missed
   notification cannot go stale.
-- Neither is instant: the data version is asked only once a millisecond, and a NOTIFY reaches the other
+- Neither is instant: the data version is asked only once every 10 ms, and a NOTIFY reaches the other
   processes a moment after the commit. So the worker processes of one server, on either database, share
   a `SharedChangeCounter` (a memory-mapped file in the data directory) that a writer bumps before it
   answers its client, and every hit checks it first: a client whose write was answered never reads the
   old state from another worker. Other processes on the database (another server, a SQL shell) are seen
-  within a millisecond on SQLite, and by the NOTIFY alone (milliseconds) on PostgreSQL.
+  within 10 ms on SQLite, and by the NOTIFY alone (milliseconds) on PostgreSQL.
 
 A lookup that misses reads the database and offers the row with the generation it saw before reading;
 an invalidation in between bumps the generation, so a row read before a change is never stored after it.

@@ -52,8 +52,8 @@ class MetadataStore:
     ) -> None:
         """`change_file`: where the processes of one server (its workers) share a manifest change
         counter, so that none serves from its cache what another changed (see manifest_cache.py).
-        Without it, other processes hear of changes by NOTIFY only (PostgreSQL), or within a
-        millisecond by the database's data version (SQLite)."""
+        Without it, other processes hear of changes by NOTIFY only (PostgreSQL), or within
+        10 ms by the database's data version (SQLite)."""
         self.engine = engine
         self._dialect = engine.dialect.name
         # PostgreSQL's single statements run on connections of their own (see AutocommitConnections)
@@ -129,7 +129,7 @@ class MetadataStore:
 
     def cached_manifest(self, repository: str, reference: str) -> StoredManifest | None:
         """A manifest from the cache by tag or digest, or None; never waits on the network (on
-        SQLite it asks the database whether anything changed, at most once a millisecond)."""
+        SQLite it asks the database whether anything changed, at most once every 10 ms)."""
         cache = self._cache
         if cache is None:
             return None
