@@ -38,7 +38,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from shipyard.app import build
-    from shipyard.server import ServerConfig, serve
+    from shipyard.server import ServerConfig
 
     settings = _settings(args)
     _configure_logging(settings)
@@ -74,7 +74,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=str(key) if key else None,
         log_level=settings.log_level,
     )
-    return serve(config)
+    # the supervisor only starts and watches the workers: it execs into a process of its own (the same
+    # pid) that never imports the application, 13 MiB instead of the ~95 MiB this one holds by now
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "shipyard.server", config.to_json()])
 
 
 def _is_loopback(host: str) -> bool:

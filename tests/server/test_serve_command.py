@@ -1,0 +1,61 @@
+"""`shipyard serve` prepares the application (migrations, signing key, admin user), then execs into the
+bare supervisor: the long-lived parent holds none of the application's memory."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import urllib.request
+from pathlib import Path
+
+from shipyard import __version__
+from tests.support.server import start_server
+
+PASSWORD = "serve-command-admin-password"
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_supervisor_is_the_same_process_without_the_application(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", auth=True, extra_env={"SHIPYARD_ADMIN_PASSWORD": PASSWORD})
+    try:
+        pid = server.process.pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"shipyard.server" in cmdline, cmdline
+        (worker,) = _children(pid)
+        # the worker runs the application (SQLite and all); the supervisor never imported it
+        assert "_sqlite3" in _mapped(worker)
+        assert "_sqlite3" not in _mapped(pid)
+        assert _rss_mib(pid) < _rss_mib(worker) / 2, (_rss_mib(pid), _rss_mib(worker))
+        # what was prepared before the exec is there: the database and the admin's signing key
+        assert (tmp_path / "data" / "shipyard.db").is_file()
+        request = urllib.request.Request(
+            f"{server.url}/token?service=shipyard&scope=repository:admin/app:pull",
+            headers={"Authorization": "Basic " + base64.b64encode(b"admin:" + PASSWORD.encode()).decode()},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+            assert json.loads(response.read())["token"]
+        assert f"Shipyard {__version__} on {server.url}" in server.log()
+        os.killpg(pid, signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
