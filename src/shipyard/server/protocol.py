@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections import deque
@@ -42,6 +43,7 @@ class ServerState:
         "clock",
         "config",
         "connections",
+        "context",
         "lifespan_state",
         "read_buffer",
         "scheme",
@@ -53,6 +55,9 @@ class ServerState:
         self.config = config
         self.clock = http11.Clock()
         self.connections: set[HttpProtocol] = set()
+        # each request runs in a copy of this, the server's own: not in what an earlier request of its
+        # connection set (a pipelined request is started from the end of the one before)
+        self.context = contextvars.copy_context()
         self.lifespan_state: dict[str, Any] | None = None
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         self.scheme = "https" if tls else "http"
@@ -338,7 +343,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 cycle = self.cycle = pipeline.popleft()
                 if self.paused and not pipeline:
                     self._resume(_PAUSE_PIPELINE)
-                cycle.task = self.loop.create_task(cycle.run())
+                cycle.task = self.loop.create_task(cycle.run(), context=self.state.context.copy())
         finally:
             self.starting = False
 
