@@ -13,15 +13,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from shipyard.db.sql import MANIFEST_BY_DIGEST, MANIFEST_BY_TAG, Sql, stored_manifest
-from shipyard.domain.records import StoredManifest
-
-_UPLOAD = "SELECT repository, size, created_at FROM upload_sessions WHERE id = ?"
-_LINKED_BLOB = (
-    "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest "
-    "JOIN repositories r ON r.id = rb.repository_id WHERE r.name = ? AND b.digest = ?"
+from shipyard.db.sql import (
+    GET_UPLOAD,
+    LINKED_BLOB_SIZE,
+    MANIFEST_BY_DIGEST,
+    MANIFEST_BY_TAG,
+    Sql,
+    stored_manifest,
 )
-
+from shipyard.domain.records import StoredManifest
 
 # how stale a cache hit may be about a commit made outside this server (see `changed`)
 CHANGE_CHECK_SECONDS = 0.01
@@ -83,10 +83,11 @@ class SqliteFastReader:
         return self._manifest(MANIFEST_BY_DIGEST, repository, digest)
 
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
-        row = self._connection().execute(_LINKED_BLOB, (repository, digest)).fetchone()
+        values = {"repository": repository, "digest": digest}
+        row = self._connection().execute(LINKED_BLOB_SIZE.sqlite, values).fetchone()
         return None if row is None else int(row[0])
 
     def upload(self, upload_id: str) -> tuple[str, int, str] | None:
         """(repository, size, created_at as SQLAlchemy stores it) of an upload, or None."""
-        row = self._connection().execute(_UPLOAD, (upload_id,)).fetchone()
+        row = self._connection().execute(GET_UPLOAD.sqlite, {"id": upload_id}).fetchone()
         return None if row is None else (row[0], int(row[1]), row[2])

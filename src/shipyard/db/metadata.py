@@ -216,19 +216,8 @@ class MetadataStore:
     def linked_blob_size(self, repository: str, digest: str) -> int | None:
         if self._fast is not None:
             return self._fast.linked_blob_size(repository, digest)
-        if self._dialect == "postgresql":
-            with self._statement() as cursor:
-                cursor.execute(sql.PG_LINKED_BLOB_SIZE, (repository, digest))
-                row = cursor.fetchone()
-            return None if row is None else int(row[0])
-        with read_transaction(self.engine) as conn:
-            value = conn.execute(
-                select(Blob.size)
-                .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
-                .join(Repository, Repository.id == RepositoryBlob.repository_id)
-                .where(Repository.name == repository, Blob.digest == digest)
-            ).scalar()
-        return None if value is None else int(value)
+        row = self._execute_one(sql.LINKED_BLOB_SIZE, {"repository": repository, "digest": digest})
+        return None if row is None else int(row[0])
 
     def blob_size(self, digest: str) -> int | None:
         with read_transaction(self.engine) as conn:

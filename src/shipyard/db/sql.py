@@ -90,9 +90,9 @@ finished AS (DELETE FROM upload_sessions WHERE id = %(upload)s AND EXISTS (SELEC
 SELECT id FROM repository
 """
 
-PG_LINKED_BLOB_SIZE = (
+LINKED_BLOB_SIZE = Sql(
     "SELECT b.size FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest "
-    "JOIN repositories r ON r.id = rb.repository_id WHERE r.name = %s AND b.digest = %s"
+    "JOIN repositories r ON r.id = rb.repository_id WHERE r.name = :repository AND b.digest = :digest"
 )
 
 # -- manifests ------------------------------------------------------------------------------------
