@@ -31,9 +31,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from shipyard.server.config import configure_logging
+
+    configure_logging(settings.log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

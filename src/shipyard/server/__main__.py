@@ -4,10 +4,9 @@ what the workers need, then execs into this, so that the long-lived parent holds
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from shipyard.server.config import ServerConfig
+from shipyard.server.config import ServerConfig, configure_logging
 from shipyard.server.supervisor import serve
 
 
@@ -15,9 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shipyard.server")
     parser.add_argument("config", help="ServerConfig as JSON")
     config = ServerConfig.from_json(parser.parse_args(argv).config)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     return serve(config)
 
 

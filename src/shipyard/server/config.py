@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from typing import cast
 
@@ -39,6 +40,11 @@ class ServerConfig:
     @classmethod
     def from_json(cls, text: str) -> ServerConfig:
         return cls(**json.loads(text))
+
+
+def configure_logging(level: str) -> None:
+    """The log format of every process of a server (supervisor and workers)."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def load_app(spec: str, *, factory: bool = False) -> ASGIApp:

@@ -18,7 +18,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
-from shipyard.server.config import ServerConfig, load_app
+from shipyard.server.config import ServerConfig, configure_logging, load_app
 from shipyard.server.lifespan import Lifespan, LifespanFailed
 from shipyard.server.protocol import HttpProtocol, ServerState
 from shipyard.server.types import ASGIApp
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="ServerConfig as JSON")
     args = parser.parse_args(argv)
     config = ServerConfig.from_json(args.config)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_serve(config, args.fd, args.ready_fd, args.lifeline_fd))
     return 0
