@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="server worker processes")
     threads: int = Field(16, ge=1, le=256, description="threads per worker for database and file work")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="the workers' event loop; auto is uvloop when installed"
+    )
     delete_enabled: bool = Field(True, description="allow DELETE of manifests, tags and blobs")
     upload_max_age_seconds: int = Field(86400, ge=60, description="abandoned uploads are purged after this")
     upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")

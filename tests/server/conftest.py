@@ -10,7 +10,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from shipyard.server.config import ServerConfig
+import pytest
+
+from shipyard.server.config import ServerConfig, new_event_loop
 from shipyard.server.types import ASGIApp
 from shipyard.server.worker import Worker
 
@@ -25,10 +27,25 @@ class Running:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
 
+# the event loop of the servers `serving` starts; the `server_loop` fixture runs a test on each
+_LOOP = {"kind": "auto"}
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def server_loop(request: pytest.FixtureRequest) -> Iterator[str]:
+    """uvloop is what the workers run (a dependency); asyncio's own loop is what they run without it."""
+    _LOOP["kind"] = request.param
+    try:
+        yield request.param
+    finally:
+        _LOOP["kind"] = "auto"
+
+
 @contextlib.contextmanager
 def serving(app: ASGIApp, **options: object) -> Iterator[Running]:
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    options.setdefault("event_loop", _LOOP["kind"])
     config = ServerConfig(app="tests:in-process", port=port, **options)  # type: ignore[arg-type]
     worker = Worker(app, config, sock)
     running = Running(worker, port)
@@ -36,7 +53,8 @@ def serving(app: ASGIApp, **options: object) -> Iterator[Running]:
 
     def run() -> None:
         try:
-            asyncio.run(worker.run(on_ready=ready.set))
+            with asyncio.Runner(loop_factory=lambda: new_event_loop(config.event_loop)) as runner:
+                runner.run(worker.run(on_ready=ready.set))
         except BaseException as exc:  # reported by the test, not lost in the thread
             running.errors.append(exc)
             ready.set()

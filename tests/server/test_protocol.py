@@ -15,6 +15,9 @@ from shipyard.server.types import Receive, Scope, Send
 from tests.server.apps import echo, respond
 from tests.server.conftest import Reader, request, serving
 
+# every test here runs on both event loops
+pytestmark = pytest.mark.usefixtures("server_loop")
+
 
 def described(body: bytes) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(body)

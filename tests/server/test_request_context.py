@@ -7,9 +7,14 @@ import asyncio
 import contextvars
 import json
 
+import pytest
+
 from shipyard.server.types import Receive, Scope, Send
 from tests.server.apps import respond
 from tests.server.conftest import Reader, request, serving
+
+# every test here runs on both event loops
+pytestmark = pytest.mark.usefixtures("server_loop")
 
 seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
 

@@ -6,13 +6,20 @@ import logging
 import os
 import socket
 import ssl
+import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from shipyard.server.protocol import _PAUSE_FILE, HttpProtocol
 from shipyard.server.types import Receive, Scope, Send
 from tests.server.apps import respond
-from tests.server.conftest import Reader, request, serving
+from tests.server.conftest import Reader, Running, request, serving
+
+# every test here runs on both event loops
+pytestmark = pytest.mark.usefixtures("server_loop")
 
 
 async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
@@ -247,3 +254,72 @@ def test_zerocopysend_over_tls(blob: Path, tmp_path: Path) -> None:
             reader = Reader(sock)
             sock.sendall(request())
             assert reader.response().body == blob.read_bytes()[7:]
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Path:
+    """More than loopback's socket buffers hold: a client that does not read stalls the response."""
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(32 * 1024 * 1024))
+    return path
+
+
+def big_or_small(big: Path) -> object:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/big":
+            await file_app(big, None, None)(scope, receive, send)  # type: ignore[operator]
+        else:
+            await respond(send, 200, b"small")
+
+    return app
+
+
+def _file_in_flight(server: Running) -> HttpProtocol | None:
+    for conn in list(server.worker.state.connections):
+        if conn.cycle is not None and conn.paused & _PAUSE_FILE:
+            return conn
+    return None
+
+
+def _wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_client_that_does_not_read_its_file_holds_up_no_one(big: Path) -> None:
+    with serving(big_or_small(big)) as server, server.connect() as stalled, server.connect() as other:  # type: ignore[arg-type]
+        stalled.sendall(request("GET", "/big"))
+        _wait_for(lambda: _file_in_flight(server))
+        time.sleep(0.2)  # the socket is full by now: the server waits for it to take more
+        other.sendall(request("GET", "/small"))
+        assert Reader(other).response().body == b"small"
+        assert _file_in_flight(server) is not None  # answered while the file was still going out
+        reader = Reader(stalled)
+        assert reader.response().body == big.read_bytes()
+        stalled.sendall(request("GET", "/small"))  # and the connection reads requests again
+        assert reader.response().body == b"small"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_client_that_leaves_during_a_file_response(big: Path) -> None:
+    with serving(big_or_small(big)) as server:  # type: ignore[arg-type]
+        with server.connect() as sock:
+            sock.sendall(request("GET", "/small"))
+            assert Reader(sock).response().body == b"small"
+        _wait_for(lambda: not server.worker.state.connections)
+        before = _open_descriptors()
+        with server.connect() as sock:
+            sock.sendall(request("GET", "/big"))
+            assert sock.recv(65536)
+            _wait_for(lambda: _file_in_flight(server))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        _wait_for(lambda: not server.worker.state.connections)
+        assert _open_descriptors() == before  # the server's own descriptor of the socket is closed too
+        with server.connect() as sock:
+            sock.sendall(request("GET", "/small"))
+            assert Reader(sock).response().body == b"small"

@@ -10,7 +10,10 @@ import signal
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from shipyard import __version__
+from shipyard.server.config import new_event_loop
 from tests.support.server import start_server
 
 PASSWORD = "serve-command-admin-password"
@@ -59,3 +62,28 @@ def test_the_supervisor_is_the_same_process_without_the_application(tmp_path: Pa
         assert server.process.wait(timeout=30) == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("setting", "uvloop"), [(None, True), ("asyncio", False)])
+def test_the_workers_run_uvloop_unless_told_otherwise(
+    tmp_path: Path, setting: str | None, uvloop: bool
+) -> None:
+    env = {} if setting is None else {"SHIPYARD_EVENT_LOOP": setting}
+    server = start_server(tmp_path / "data", extra_env=env)
+    try:
+        (worker,) = _children(server.process.pid)
+        assert ("/uvloop/loop." in _mapped(worker)) is uvloop  # its compiled module
+        with urllib.request.urlopen(f"{server.url}/v2/", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.stop()
+
+
+def test_an_unknown_event_loop_is_refused() -> None:
+    with pytest.raises(ValueError, match="none of auto, uvloop, asyncio"):
+        new_event_loop("trio")
+    loop = new_event_loop("asyncio")
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()

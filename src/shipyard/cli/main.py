@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=str(cert) if cert else None,
         tls_key=str(key) if key else None,
         log_level=settings.log_level,
+        event_loop=settings.event_loop,
     )
     # the supervisor only starts and watches the workers: it execs into a process of its own (the same
     # pid) that never imports the application, 13 MiB instead of the ~95 MiB this one holds by now

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import socket
 from collections import deque
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import unquote
 
 import httptools
@@ -33,6 +34,10 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELE
 # reasons for not reading the socket; reading resumes when none is left
 _PAUSE_BODY = 1  # the application has not yet taken the body bytes buffered for it
 _PAUSE_PIPELINE = 2  # a pipelined request waits for the one before it
+_PAUSE_FILE = 4  # the kernel writes a file response to the socket: nothing else may be written meanwhile
+
+# a file response on TLS is read and encrypted in pieces of this size
+COPY_CHUNK = 256 * 1024
 
 
 class ServerState:
@@ -139,8 +144,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
     # -- transport events -----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # asyncio's transports, or uvloop's (which do not derive from asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # never corked (TCP_CORK, nginx's tcp_nopush): a corked 1 GiB blob GET on loopback went at
@@ -389,16 +394,70 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 self.drain_waiter = None
 
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
-        """Bytes sent; zero-copy (os.sendfile) on plain TCP. A broken connection is a disconnect."""
+        """Bytes of `file` sent from `offset`, at most `count`: zero-copy (os.sendfile) on plain TCP,
+        read and written in pieces on TLS. A broken connection is a disconnect."""
         if self.closed or self.transport.is_closing():
             self.connection_lost(None)
             return 0
+        sock = self.transport.get_extra_info("socket")
         try:
-            return await self.loop.sendfile(self.transport, file, offset, count)
-        except (ConnectionError, OSError, RuntimeError) as exc:
-            log.debug("sendfile failed: %s", exc)
+            if sock is None or self.transport.get_extra_info("sslcontext") is not None:
+                return await self._copy_file(file.fileno(), offset, count)
+            return await self._sendfile(sock.fileno(), file.fileno(), offset, count)
+        except OSError as exc:
+            log.debug("sending a file failed: %s", exc)
             self.abort()
             return 0
+
+    async def _sendfile(self, sock_fd: int, file_fd: int, offset: int, count: int) -> int:
+        # The kernel copies from the page cache to the socket, a piece per call, as much as the socket takes
+        # (the same calls as asyncio's own loop.sendfile, which uvloop lacks). Through a descriptor of our
+        # own: the transport may close its one meanwhile, and its number may then name another socket.
+        fd = os.dup(sock_fd)
+        self._pause(_PAUSE_FILE)  # no reading: an answer to a bad pipelined request would cut in
+        try:
+            # what the transport still holds (the head) goes out before the kernel writes the socket itself
+            while self.transport.get_write_buffer_size() and not self.closed:
+                await self._writable(fd)
+                await asyncio.sleep(0)
+            sent = 0
+            while sent < count and not self.closed:
+                try:
+                    n = os.sendfile(fd, file_fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    break  # the file is shorter than said
+                if n > 0:
+                    sent += n
+                if sent < count:
+                    await self._writable(fd)  # the other connections get their turn between pieces
+            return sent
+        finally:
+            os.close(fd)
+            self._resume(_PAUSE_FILE)
+
+    async def _writable(self, fd: int) -> None:
+        """Until `fd` takes more bytes, or the connection is lost (which wakes the drain waiter too)."""
+        waiter = self.drain_waiter = self.loop.create_future()
+        self.loop.add_writer(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self.loop.remove_writer(fd)
+            self.drain_waiter = None
+
+    async def _copy_file(self, file_fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count and not self.closed:
+            size = min(COPY_CHUNK, count - sent)
+            piece = await self.loop.run_in_executor(None, os.pread, file_fd, size, offset + sent)
+            if not piece:
+                break
+            self.write(piece)
+            sent += len(piece)
+            await self.drain()
+        return sent
 
     # -- closing -----------------------------------------------------------------------------------------
 
@@ -472,6 +531,11 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.paused &= ~reason
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _address(info: Any) -> tuple[str, int] | None:

@@ -18,7 +18,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
-from shipyard.server.config import ServerConfig, configure_logging, load_app
+from shipyard.server.config import ServerConfig, configure_logging, load_app, new_event_loop
 from shipyard.server.lifespan import Lifespan, LifespanFailed
 from shipyard.server.protocol import HttpProtocol, ServerState
 from shipyard.server.types import ASGIApp
@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = ServerConfig.from_json(args.config)
     configure_logging(config.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, args.fd, args.ready_fd, args.lifeline_fd))
+    runner = asyncio.Runner(loop_factory=lambda: new_event_loop(config.event_loop))
+    with contextlib.suppress(KeyboardInterrupt), runner:
+        return runner.run(_serve(config, args.fd, args.ready_fd, args.lifeline_fd))
     return 0
 
 
