@@ -226,17 +226,20 @@ def targets(
                 1.25,
                 f"growth.{high}.tags_first.p50_ms",
             )
+    # With authentication on, as users run it, the manifest goal still holds against Distribution (which
+    # runs without). What a token costs next to no authentication is the token table's ratio: a figure,
+    # not a goal, since every gain on the path both share lowers it.
     for connections in sizes.connections:
         if connections < 16 and connections != max(sizes.connections):
             continue
         for reference in ("tag", "digest"):
             compare(
-                f"manifest GET by {reference} c={connections} with a token vs without",
+                f"manifest GET by {reference} c={connections} with a token vs Distribution",
                 AUTH_SERVER,
                 f"manifest_get_{reference}.c{connections}.rps",
-                "shipyard",
+                "distribution",
                 ">=",
-                0.9,
+                10.0,
             )
     return out
 

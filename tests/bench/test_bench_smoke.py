@@ -135,8 +135,8 @@ def test_smoke_run_against_every_server(tmp_path: Path) -> None:
         assert ("peak RSS of one process", server) in labels
     token_targets = [t for t in payload["targets"] if t["server"] == "shipyard-auth"]
     assert {t["label"] for t in token_targets} == {
-        "manifest GET by tag c=8 with a token vs without",
-        "manifest GET by digest c=8 with a token vs without",
+        "manifest GET by tag c=8 with a token vs Distribution",
+        "manifest GET by digest c=8 with a token vs Distribution",
     }
     assert all(t["measured"] is not None for t in token_targets)
     assert "token verification" in payload["table"]
