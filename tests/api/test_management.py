@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from shipyard.api.management import ROUTES
 from tests.api.helpers import push_image
 from tests.support.server import ServerProcess, start_server
 
@@ -222,11 +221,42 @@ def test_errors_and_statuses(api: httpx.Client) -> None:
     assert api.get("/api/v1/whoami", auth=gamma).status_code == 401
 
 
-def _documented(template: str) -> str:
-    return template.replace("...}", "}")
+_ACCOUNT = "/api/v1/accounts/{account}"
+_REPOSITORY = "/api/v1/repositories/{name}"
+# every endpoint of /api/v1, as clients (the CLI among them) call them
+ENDPOINTS = {
+    ("GET", "/api/v1/whoami"),
+    ("POST", "/api/v1/auth/login-password"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/accounts"),
+    ("POST", "/api/v1/accounts"),
+    ("GET", _ACCOUNT),
+    ("PATCH", _ACCOUNT),
+    ("DELETE", _ACCOUNT),
+    ("GET", f"{_ACCOUNT}/users"),
+    ("POST", f"{_ACCOUNT}/users"),
+    ("PATCH", f"{_ACCOUNT}/users/{{name}}"),
+    ("DELETE", f"{_ACCOUNT}/users/{{name}}"),
+    ("GET", f"{_ACCOUNT}/robots"),
+    ("POST", f"{_ACCOUNT}/robots"),
+    ("PATCH", f"{_ACCOUNT}/robots/{{name}}"),
+    ("DELETE", f"{_ACCOUNT}/robots/{{name}}"),
+    ("GET", f"{_ACCOUNT}/access-keys"),
+    ("POST", f"{_ACCOUNT}/access-keys"),
+    ("DELETE", f"{_ACCOUNT}/access-keys/{{name}}"),
+    ("POST", f"{_ACCOUNT}/principals/{{login}}/revoke"),
+    ("GET", f"{_ACCOUNT}/repositories"),
+    ("POST", f"{_ACCOUNT}/repositories"),
+    ("GET", f"{_REPOSITORY}/policies"),
+    ("PUT", f"{_REPOSITORY}/policies/{{account}}"),
+    ("DELETE", f"{_REPOSITORY}/policies/{{account}}"),
+    ("GET", _REPOSITORY),
+    ("PATCH", _REPOSITORY),
+    ("DELETE", _REPOSITORY),
+}
 
 
-def test_the_openapi_document_lists_every_route(api: httpx.Client) -> None:
+def test_the_openapi_document_lists_every_endpoint_and_its_errors(api: httpx.Client) -> None:
     r = api.get("/api/v1/openapi.json")  # no credentials needed
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     document = json.loads(r.content)
@@ -234,16 +264,37 @@ def test_the_openapi_document_lists_every_route(api: httpx.Client) -> None:
     documented = {
         (method.upper(), path) for path, operations in document["paths"].items() for method in operations
     }
-    routed = {(route.method, _documented(route.template)) for route in ROUTES}
-    # served outside the router: the document itself, and the login-password endpoint of api/auth.py
-    routed |= {("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/auth/login-password")}
-    assert documented == routed
+    assert documented == ENDPOINTS
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            assert {"400", "401", "403", "404", "429"} <= statuses, (method, path, statuses)
+            error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/Errors"}
     # every $ref resolves
     text = json.dumps(document)
     for ref in {part.split('"')[0] for part in text.split('"$ref": "#/')[1:]}:
         node: Any = document
         for key in ref.split("/"):
             node = node[key]
+    # the grammar the service checks is in the schema, in the form JSON Schema validators read
+    account = document["components"]["schemas"]["AccountCreate"]["properties"]["name"]
+    assert account["pattern"] == "^[a-z0-9]+(?:[._-][a-z0-9]+)*$" and account["maxLength"] == 64
+
+
+def test_the_reference_page_is_served_with_its_own_assets(api: httpx.Client) -> None:
+    page = api.get("/api/v1/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/api/v1/openapi.json" in page.text
+    # no CDN: every script, style and icon the page loads comes from this server
+    for attribute in ("src", "href"):
+        for url in page.text.split(f'{attribute}="')[1:]:
+            url = url.split('"')[0]
+            assert url.startswith("/api/v1/docs/assets/"), url
+            asset = api.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
+    assert "https://" not in page.text and "http://" not in page.text
+    assert api.get("/api/v1/docs/assets/nothing.js").status_code == 404
 
 
 def test_without_authentication_the_management_api_is_unavailable(tmp_path: Path) -> None:

@@ -1,110 +1,186 @@
 """The management REST API under /api/v1/: accounts, users, robots, access keys, repositories,
-policies and the audit log. HTTP Basic authentication (the same credentials as /token), JSON in and
-out, OCI-style error bodies. Listings are pages: `?n=` (1..1000, default 100) and `?last=`, with a
-`Link: <...>; rel="next"` header while there are more. Authorization and the audit live in
-AccountService; this module only translates HTTP."""
+policies and the audit log, on FastAPI: routing, body validation and the OpenAPI document
+(/api/v1/openapi.json, read at /api/v1/docs) all come from the typed models in management_models.
+
+HTTP Basic authentication (the same credentials as /token), JSON in and out, OCI-style error bodies.
+Listings are pages: `?n=` (1..1000, default 100) and `?last=`, with a `Link: <...>; rel="next"`
+header while there are more. Authorization and the audit live in AccountService; this module only
+translates HTTP. The service is blocking: every call to it runs on the registry's executor."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from importlib.resources import files
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
-from shipyard.api.auth import basic_credentials, source_of
-from shipyard.api.errors import body_for, error_body, status_for
-from shipyard.api.http import JSON, ClientDisconnected, Request, respond
-from shipyard.api.openapi import openapi_document
-from shipyard.api.types import Receive, Scope, Send
-from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
-from shipyard.domain.errors import PaginationInvalid, RegistryError, RequestInvalid, Unauthorized
-from shipyard.domain.management import DEFAULT_PAGE, AuditRecord
-from shipyard.services.accounts import AccountService, Created, RepositoryInfo, robot_login
-from shipyard.services.identity import IdentityService
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BeforeValidator
 
-log = logging.getLogger(__name__)
+from shipyard import __version__
+from shipyard.api.auth import basic_credentials, source_of
+from shipyard.api.errors import error_body
+from shipyard.api.http import JSON, respond
+from shipyard.api.management_errors import (
+    CONFLICT_RESPONSE,
+    ERROR_RESPONSES,
+    NO_STORE,
+    BadRequest,
+    BodyTooLarge,
+    ManagementRoute,
+    install_error_handlers,
+)
+from shipyard.api.management_models import (
+    SECRET_WARNING,
+    AccessKeyCreate,
+    AccessKeys,
+    Account,
+    AccountCreate,
+    AccountPatch,
+    Accounts,
+    AuditEvent,
+    AuditEvents,
+    Created,
+    LoginPassword,
+    Policies,
+    Policy,
+    PolicyPut,
+    Principal,
+    Repositories,
+    Repository,
+    RepositoryCreate,
+    RepositoryPatch,
+    RobotCreate,
+    RobotPatch,
+    Robots,
+    UserCreate,
+    UserPatch,
+    Users,
+    Whoami,
+)
+from shipyard.api.types import Message, Receive, Scope, Send
+from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
+from shipyard.domain.errors import Unauthorized
+from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
+from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
+from shipyard.services.identity import IdentityService
 
 PREFIX = "/api/v1/"
 OPENAPI_PATH = "/api/v1/openapi.json"
-_MAX_BODY = 64 * 1024
-SECRET_WARNING = "store this secret now: it will not be shown again"
+DOCS_PATH = "/api/v1/docs"
+_ASSETS_PATH = "/api/v1/docs/assets"
+MAX_BODY = 64 * 1024
 # `shipyard <command>` says so in its User-Agent; the audit then records the source as cli@<address>
 CLI_USER_AGENT = "shipyard-cli"
 
-Params = dict[str, str]
-Body = dict[str, Any]
+T = TypeVar("T")
 
 
-class BadRequest(RequestInvalid):
-    message = "bad request"
+@dataclass(frozen=True, slots=True)
+class _Services:
+    identity: IdentityService
+    accounts: AccountService
+    executor: Executor
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One authenticated request: who, from where (for the audit), and its query parameters."""
+    """One authenticated request: who, from where (for the audit), and the services to ask."""
 
     actor: PrincipalRecord
     source: str
-    query: dict[str, list[str]]
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def page_size(self) -> int:
-        raw = self.param("n")
-        if raw is None or raw == "":
-            return DEFAULT_PAGE
-        try:
-            return int(raw)
-        except ValueError:
-            raise PaginationInvalid(f"n must be an integer: {raw!r}") from None
-
-    def last(self) -> str | None:
-        return self.param("last") or None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A listing's answer: the documents under `key`, and the `last` of the next page if any."""
-
-    key: str
-    items: Sequence[Any]
-    next: str | None
-    size: int
-
-
-Answer = tuple[int, Any]
-Handler = Callable[["ManagementApi", Call, Params, Body], Answer]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    template: str
-    handler: Handler
+    services: _Services
 
     @property
-    def pattern(self) -> re.Pattern[str]:
-        # {name...} spans slashes (repository names); {name} is one path segment
-        regex = re.sub(r"\{(\w+)\.\.\.\}", r"(?P<\1>.+?)", self.template)
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
-        return re.compile(f"^{regex}$")
+    def service(self) -> AccountService:
+        return self.services.accounts
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.services.run(fn, *args, **kwargs)
+
+
+def _services(request: Request) -> _Services:
+    services: _Services = request.app.state.services
+    return services
+
+
+def request_source(request: Request) -> str:
+    address = source_of(request.scope)
+    agent = request.headers.get("user-agent", "")
+    return f"cli@{address}" if agent.startswith(CLI_USER_AGENT) else address
+
+
+async def authenticated(request: Request) -> Call:
+    credentials = basic_credentials(request.headers.get("authorization"))
+    if credentials is None:
+        raise Unauthorized("Basic credentials required")
+    services = _services(request)
+    login, secret = credentials
+    actor = await services.run(services.identity.login, login, secret, source_of(request.scope))
+    return Call(actor, request_source(request), services)
+
+
+Caller = Annotated[Call, Depends(authenticated)]
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+
+def _blank_is(default: object) -> BeforeValidator:
+    # `?n=` and `?last=` with no value mean "not given", as they did before the framework
+    return BeforeValidator(lambda value: default if value == "" else value)
+
+
+PageSize = Annotated[
+    int,
+    Query(ge=1, le=MAX_PAGE, description="page size; anything but an integer from 1 to 1000 is a 400"),
+    _blank_is(DEFAULT_PAGE),
+]
+After = Annotated[
+    str | None,
+    Query(description="continue after this key (the previous page's last); the Link header carries it"),
+    _blank_is(None),
+]
+LINK = {
+    "link": {
+        "description": 'present while more items follow: `<path?n=N&last=KEY>; rel="next"`',
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _paged(model: type[Any], description: str) -> dict[str, Any]:
+    return {"response_model": model, "responses": {200: {"description": description, "headers": LINK}}}
+
+
+def link_next(request: Request, response: Response, size: int, last: str | None) -> None:
+    """The Link header to the page after this one, keeping the request's other parameters."""
+    if last is None:
+        return
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("n", "last")]
+    query = urlencode([*kept, ("n", str(size)), ("last", last)])
+    response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
 
 
 # -- documents ---------------------------------------------------------------------------------
 
 
-def account_document(account: AccountRecord) -> dict[str, Any]:
-    return {"name": account.name, "disabled": account.disabled, "created_at": account.created_at.isoformat()}
+def account_document(account: AccountRecord) -> Account:
+    return Account(name=account.name, disabled=account.disabled, created_at=account.created_at.isoformat())
 
 
-def principal_document(principal: PrincipalRecord) -> dict[str, Any]:
+def _principal_fields(principal: PrincipalRecord) -> dict[str, Any]:
     name = principal.login
     if principal.kind == "robot":
         name = principal.login.removeprefix(robot_login(principal.account, ""))
@@ -120,387 +196,456 @@ def principal_document(principal: PrincipalRecord) -> dict[str, Any]:
     }
 
 
-def created_document(created: Created) -> dict[str, Any]:
-    document = principal_document(created.principal)
-    if created.secret:
-        document["secret"] = created.secret
-        document["warning"] = SECRET_WARNING
-    return document
+def principal_document(principal: PrincipalRecord) -> Principal:
+    return Principal(**_principal_fields(principal))
 
 
-def repository_document(info: RepositoryInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "visibility": info.visibility,
-        "policies": {account: sorted(actions) for account, actions in sorted(info.policies.items())},
-        "actions": sorted(info.actions),
-    }
+def created_document(principal: PrincipalRecord, secret: str | None) -> Created:
+    if not secret:
+        return Created(**_principal_fields(principal))
+    return Created(**_principal_fields(principal), secret=secret, warning=SECRET_WARNING)
 
 
-def audit_document(event: AuditRecord) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "at": event.at.isoformat(),
-        "event": event.event,
-        "principal": event.principal,
-        "source": event.source,
-        "action": event.action,
-        "account": event.account,
-        "target": event.target,
-        "outcome": event.outcome,
-        "reason": event.reason,
-    }
+def repository_document(info: RepositoryInfo) -> Repository:
+    return Repository(
+        name=info.name,
+        visibility=info.visibility,
+        policies={account: sorted(actions) for account, actions in sorted(info.policies.items())},
+        actions=sorted(info.actions),
+    )
 
 
-# -- body fields -------------------------------------------------------------------------------
+def audit_document(event: AuditRecord) -> AuditEvent:
+    return AuditEvent(
+        id=event.id,
+        at=event.at.isoformat(),
+        event=event.event,
+        principal=event.principal,
+        source=event.source,
+        action=event.action,
+        account=event.account,
+        target=event.target,
+        outcome=event.outcome,
+        reason=event.reason,
+    )
 
 
-def _text(body: Body, key: str, *, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise BadRequest(f"missing field {key!r}")
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"field {key!r} must be a string")
-    return value
+# -- routes ------------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/v1", route_class=ManagementRoute, responses=ERROR_RESPONSES)
+_ACCOUNT = "/accounts/{account}"
+# a repository name spans slashes; the policies routes come first so that they win
+_REPOSITORY = "/repositories/{name:path}"
+_NO_CONTENT: dict[str, Any] = {"status_code": 204, "response_class": Response}
 
 
-def _flag(body: Body, key: str) -> bool | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"field {key!r} must be true or false")
-    return value
+@router.get("/whoami", response_model=Whoami, tags=["principals"])
+async def whoami(call: Caller) -> Whoami:
+    """The caller's own principal, and whether it is a registry administrator."""
+    return Whoami(**_principal_fields(call.actor), superuser=is_superuser(call.actor))
 
 
-def _required_text(body: Body, key: str) -> str:
-    value = _text(body, key, required=True)
-    assert value is not None
-    return value
+@router.post(
+    "/auth/login-password",
+    response_model=LoginPassword,
+    tags=["principals"],
+    responses={200: {"description": "a password for `docker login`, valid until `expires_at`"}},
+)
+async def login_password(call: Caller) -> LoginPassword:
+    """A short-lived password for registry clients, issued to the caller."""
+    password, expires_at = await call.run(
+        call.services.identity.issue_login_password, call.actor, call.source
+    )
+    return LoginPassword(
+        username=call.services.identity.config.login_password_user,
+        password=password,
+        expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+    )
 
 
-# -- handlers ----------------------------------------------------------------------------------
+@router.get("/audit", tags=["audit"], **_paged(AuditEvents, "audit events, newest first"))
+async def list_audit(
+    call: Caller,
+    request: Request,
+    response: Response,
+    n: PageSize = DEFAULT_PAGE,
+    last: Annotated[int | None, Query(description="continue after this event id"), _blank_is(None)] = None,
+    account: Annotated[str | None, Query(description="only this account's events"), _blank_is(None)] = None,
+) -> AuditEvents:
+    found = await call.run(call.service.audit_events, call.actor, account, limit=n, last=last)
+    link_next(request, response, n, found.next)
+    return AuditEvents(events=[audit_document(e) for e in found])
 
 
-def whoami(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    return 200, {**principal_document(call.actor), "superuser": is_superuser(call.actor)}
+@router.get("/accounts", tags=["accounts"], **_paged(Accounts, "the accounts the caller sees"))
+async def list_accounts(
+    call: Caller, request: Request, response: Response, n: PageSize = DEFAULT_PAGE, last: After = None
+) -> Accounts:
+    found = await call.run(call.service.list_accounts, call.actor, limit=n, last=last)
+    link_next(request, response, n, found.next)
+    return Accounts(accounts=[account_document(a) for a in found])
 
 
-def list_accounts(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    n = call.page_size()
-    found = api.service.list_accounts(call.actor, limit=n, last=call.last())
-    return 200, Page("accounts", [account_document(a) for a in found], found.next, n)
+@router.post(
+    "/accounts", status_code=201, response_model=Account, tags=["accounts"], responses=CONFLICT_RESPONSE
+)
+async def create_account(call: Caller, body: AccountCreate) -> Account:
+    account = await call.run(call.service.create_account, call.actor, body.name, source=call.source)
+    return account_document(account)
 
 
-def create_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    account = api.service.create_account(call.actor, _required_text(body, "name"), source=call.source)
-    return 201, account_document(account)
+@router.get(_ACCOUNT, response_model=Account, tags=["accounts"])
+async def get_account(call: Caller, account: str) -> Account:
+    return account_document(await call.run(call.service.get_account, call.actor, account))
 
 
-def get_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    return 200, account_document(api.service.get_account(call.actor, params["account"]))
+@router.patch(_ACCOUNT, response_model=Account, tags=["accounts"])
+async def patch_account(
+    call: Caller, account: str, body: Annotated[AccountPatch | None, Body()] = None
+) -> Account:
+    if body is None or body.disabled is None:
+        return account_document(await call.run(call.service.get_account, call.actor, account))
+    found = await call.run(
+        call.service.set_account_disabled, call.actor, account, body.disabled, source=call.source
+    )
+    return account_document(found)
 
 
-def patch_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    disabled = _flag(body, "disabled")
-    if disabled is None:
-        return 200, account_document(api.service.get_account(call.actor, params["account"]))
-    account = api.service.set_account_disabled(call.actor, params["account"], disabled, source=call.source)
-    return 200, account_document(account)
+@router.delete(_ACCOUNT, tags=["accounts"], **_NO_CONTENT)
+async def delete_account(call: Caller, account: str) -> Response:
+    await call.run(call.service.delete_account, call.actor, account, source=call.source)
+    return Response(status_code=204)
 
 
-def delete_account(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    api.service.delete_account(call.actor, params["account"], source=call.source)
-    return 204, None
+def _lister(kind: PrincipalKind, model: type[Any], key: str) -> Callable[..., Any]:
+    async def handler(
+        call: Caller,
+        request: Request,
+        response: Response,
+        account: str,
+        n: PageSize = DEFAULT_PAGE,
+        last: After = None,
+    ) -> Any:
+        found = await call.run(call.service.list_principals, call.actor, account, kind, limit=n, last=last)
+        link_next(request, response, n, found.next)
+        return model(**{key: [principal_document(p) for p in found]})
 
-
-def _lister(kind: PrincipalKind, key: str) -> Handler:
-    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-        n = call.page_size()
-        found = api.service.list_principals(call.actor, params["account"], kind, limit=n, last=call.last())
-        return 200, Page(key, [principal_document(p) for p in found], found.next, n)
-
+    handler.__name__ = f"list_{key}"
     return handler
 
 
-def create_user(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    created = api.service.create_user(
+def _login(kind: PrincipalKind, account: str, name: str) -> str:
+    return robot_login(account, name) if kind == "robot" else name
+
+
+async def _update(
+    call: Call, kind: PrincipalKind, account: str, name: str, patch: UserPatch | None
+) -> Created:
+    patch = patch or UserPatch()
+    principal, secret = await call.run(
+        call.service.update_principal,
         call.actor,
-        params["account"],
-        _required_text(body, "name"),
-        _text(body, "role") or "reader",
-        _text(body, "password"),
+        account,
+        _login(kind, account, name),
+        kind,
+        role=patch.role,
+        disabled=patch.disabled,
+        reset_secret=bool(patch.reset_secret),
         source=call.source,
     )
-    return 201, created_document(created)
+    return created_document(principal, secret)
 
 
-def create_robot(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    created = api.service.create_robot(
-        call.actor,
-        params["account"],
-        _required_text(body, "name"),
-        _text(body, "role") or "reader",
-        _text(body, "description"),
-        source=call.source,
-    )
-    return 201, created_document(created)
-
-
-def _login(kind: PrincipalKind, params: Params) -> str:
-    return robot_login(params["account"], params["name"]) if kind == "robot" else params["name"]
-
-
-def _patcher(kind: PrincipalKind) -> Handler:
-    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-        principal, secret = api.service.update_principal(
+def _deleter(kind: PrincipalKind) -> Callable[..., Any]:
+    async def handler(call: Caller, account: str, name: str) -> Response:
+        await call.run(
+            call.service.delete_principal,
             call.actor,
-            params["account"],
-            _login(kind, params),
+            account,
+            name if kind == "access_key" else _login(kind, account, name),
             kind,
-            role=_text(body, "role"),
-            disabled=_flag(body, "disabled"),
-            reset_secret=bool(_flag(body, "reset_secret")),
             source=call.source,
         )
-        document = principal_document(principal)
-        if secret is not None:
-            document.update(secret=secret, warning=SECRET_WARNING)
-        return 200, document
+        return Response(status_code=204)
 
+    handler.__name__ = f"delete_{kind}"
     return handler
 
 
-def _deleter(kind: PrincipalKind) -> Handler:
-    def handler(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-        login = params["key_id"] if kind == "access_key" else _login(kind, params)
-        api.service.delete_principal(call.actor, params["account"], login, kind, source=call.source)
-        return 204, None
-
-    return handler
-
-
-def create_access_key(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    created = api.service.create_access_key(
-        call.actor, params["account"], _text(body, "description"), source=call.source
-    )
-    return 201, created_document(created)
-
-
-def revoke(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    principal = api.service.revoke(call.actor, params["account"], params["login"], source=call.source)
-    return 200, principal_document(principal)
-
-
-def list_repositories(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    n = call.page_size()
-    found = api.service.list_repositories(call.actor, params["account"], limit=n, last=call.last())
-    return 200, Page("repositories", [repository_document(i) for i in found], found.next, n)
-
-
-def create_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    name = f"{params['account']}/{_required_text(body, 'name')}"
-    visibility = _text(body, "visibility") or "private"
-    info = api.service.create_repository(call.actor, name, visibility, source=call.source)
-    return 201, repository_document(info)
-
-
-def get_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    return 200, repository_document(api.service.get_repository(call.actor, params["name"]))
-
-
-def patch_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    visibility = _text(body, "visibility")
-    if visibility is None:
-        return 200, repository_document(api.service.get_repository(call.actor, params["name"]))
-    info = api.service.set_visibility(call.actor, params["name"], visibility, source=call.source)
-    return 200, repository_document(info)
-
-
-def delete_repository(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    api.service.delete_repository(call.actor, params["name"], source=call.source)
-    return 204, None
-
-
-def list_policies(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    n = call.page_size()
-    found = api.service.list_policies(call.actor, params["name"], limit=n, last=call.last())
-    documents = [{"account": account, "actions": sorted(actions)} for account, actions in found]
-    return 200, Page("policies", documents, found.next, n)
-
-
-def put_policy(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    actions = body.get("actions", ["pull"])
-    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-        raise BadRequest("field 'actions' must be a list of strings")
-    info = api.service.set_policy(
-        call.actor, params["name"], params["account"], frozenset(actions), source=call.source
-    )
-    return 200, repository_document(info)
-
-
-def delete_policy(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    api.service.remove_policy(call.actor, params["name"], params["account"], source=call.source)
-    return 204, None
-
-
-def list_audit(api: ManagementApi, call: Call, params: Params, body: Body) -> Answer:
-    n = call.page_size()
-    raw = call.last()
-    try:
-        last = None if raw is None else int(raw)
-    except ValueError:
-        raise BadRequest(f"last must be an event id: {raw!r}") from None
-    found = api.service.audit_events(call.actor, call.param("account") or None, limit=n, last=last)
-    return 200, Page("events", [audit_document(e) for e in found], found.next, n)
-
-
-_ACCOUNT = "/api/v1/accounts/{account}"
-_REPOSITORY = "/api/v1/repositories/{name...}"
-
-# More specific templates first: a repository path may end in /policies or /policies/<account>.
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/api/v1/whoami", whoami),
-    Route("GET", "/api/v1/audit", list_audit),
-    Route("GET", "/api/v1/accounts", list_accounts),
-    Route("POST", "/api/v1/accounts", create_account),
-    Route("GET", _ACCOUNT, get_account),
-    Route("PATCH", _ACCOUNT, patch_account),
-    Route("DELETE", _ACCOUNT, delete_account),
-    Route("GET", f"{_ACCOUNT}/users", _lister("user", "users")),
-    Route("POST", f"{_ACCOUNT}/users", create_user),
-    Route("PATCH", f"{_ACCOUNT}/users/{{name}}", _patcher("user")),
-    Route("DELETE", f"{_ACCOUNT}/users/{{name}}", _deleter("user")),
-    Route("GET", f"{_ACCOUNT}/robots", _lister("robot", "robots")),
-    Route("POST", f"{_ACCOUNT}/robots", create_robot),
-    Route("PATCH", f"{_ACCOUNT}/robots/{{name}}", _patcher("robot")),
-    Route("DELETE", f"{_ACCOUNT}/robots/{{name}}", _deleter("robot")),
-    Route("GET", f"{_ACCOUNT}/access-keys", _lister("access_key", "access_keys")),
-    Route("POST", f"{_ACCOUNT}/access-keys", create_access_key),
-    Route("DELETE", f"{_ACCOUNT}/access-keys/{{key_id}}", _deleter("access_key")),
-    Route("POST", f"{_ACCOUNT}/principals/{{login}}/revoke", revoke),
-    Route("GET", f"{_ACCOUNT}/repositories", list_repositories),
-    Route("POST", f"{_ACCOUNT}/repositories", create_repository),
-    Route("GET", f"{_REPOSITORY}/policies", list_policies),
-    Route("PUT", f"{_REPOSITORY}/policies/{{account}}", put_policy),
-    Route("DELETE", f"{_REPOSITORY}/policies/{{account}}", delete_policy),
-    Route("GET", _REPOSITORY, get_repository),
-    Route("PATCH", _REPOSITORY, patch_repository),
-    Route("DELETE", _REPOSITORY, delete_repository),
+router.get(f"{_ACCOUNT}/users", tags=["principals"], **_paged(Users, "the account's users"))(
+    _lister("user", Users, "users")
 )
-_COMPILED = tuple((route, route.pattern) for route in ROUTES)
 
 
-def match(method: str, path: str) -> tuple[Route, Params] | bool | None:
-    """The route and its parameters; False when the path is known but not the method; None if unknown."""
-    known = False
-    for route, pattern in _COMPILED:
-        found = pattern.match(path)
-        if found is None:
-            continue
-        if route.method == method:
-            return route, found.groupdict()
-        known = True
-    return False if known else None
+@router.post(
+    f"{_ACCOUNT}/users",
+    status_code=201,
+    response_model=Created,
+    tags=["principals"],
+    responses=CONFLICT_RESPONSE,
+)
+async def create_user(call: Caller, account: str, body: UserCreate) -> Created:
+    """A user; without a password, a generated secret is answered once."""
+    created = await call.run(
+        call.service.create_user,
+        call.actor,
+        account,
+        body.name,
+        body.role,
+        body.password,
+        source=call.source,
+    )
+    return created_document(created.principal, created.secret)
 
 
-def next_link(path: str, query: dict[str, list[str]], page: Page) -> str | None:
-    """The Link header to the page after `page`, keeping the request's other parameters."""
-    if page.next is None:
-        return None
-    kept = [(k, v) for k, values in query.items() if k not in ("n", "last") for v in values]
-    return f'<{path}?{urlencode([*kept, ("n", str(page.size)), ("last", page.next)])}>; rel="next"'
+@router.patch(f"{_ACCOUNT}/users/{{name}}", response_model=Created, tags=["principals"])
+async def patch_user(
+    call: Caller, account: str, name: str, body: Annotated[UserPatch | None, Body()] = None
+) -> Created:
+    """Change a user's role, disable or enable it, or give it a new secret (answered once)."""
+    return await _update(call, "user", account, name, body)
 
 
-def request_source(request: Request) -> str:
-    address = source_of(request.scope)
-    agent = request.headers.get("user-agent", "")
-    return f"cli@{address}" if agent.startswith(CLI_USER_AGENT) else address
+router.delete(f"{_ACCOUNT}/users/{{name}}", tags=["principals"], **_NO_CONTENT)(_deleter("user"))
+router.get(f"{_ACCOUNT}/robots", tags=["principals"], **_paged(Robots, "the account's robots"))(
+    _lister("robot", Robots, "robots")
+)
+
+
+@router.post(
+    f"{_ACCOUNT}/robots",
+    status_code=201,
+    response_model=Created,
+    tags=["principals"],
+    responses=CONFLICT_RESPONSE,
+)
+async def create_robot(call: Caller, account: str, body: RobotCreate) -> Created:
+    """A robot `<account>+<name>`; its secret is answered once."""
+    created = await call.run(
+        call.service.create_robot,
+        call.actor,
+        account,
+        body.name,
+        body.role,
+        body.description,
+        source=call.source,
+    )
+    return created_document(created.principal, created.secret)
+
+
+@router.patch(f"{_ACCOUNT}/robots/{{name}}", response_model=Created, tags=["principals"])
+async def patch_robot(
+    call: Caller, account: str, name: str, body: Annotated[RobotPatch | None, Body()] = None
+) -> Created:
+    """Change a robot's role, disable or enable it, or give it a new secret (answered once)."""
+    return await _update(call, "robot", account, name, body)
+
+
+router.delete(f"{_ACCOUNT}/robots/{{name}}", tags=["principals"], **_NO_CONTENT)(_deleter("robot"))
+router.get(
+    f"{_ACCOUNT}/access-keys", tags=["principals"], **_paged(AccessKeys, "access keys the caller may see")
+)(_lister("access_key", AccessKeys, "access_keys"))
+
+
+@router.post(f"{_ACCOUNT}/access-keys", status_code=201, response_model=Created, tags=["principals"])
+async def create_access_key(
+    call: Caller, account: str, body: Annotated[AccessKeyCreate | None, Body()] = None
+) -> Created:
+    """An access key of the calling user, with its role; the secret is answered once."""
+    description = None if body is None else body.description
+    created = await call.run(
+        call.service.create_access_key, call.actor, account, description, source=call.source
+    )
+    return created_document(created.principal, created.secret)
+
+
+router.delete(f"{_ACCOUNT}/access-keys/{{name}}", tags=["principals"], **_NO_CONTENT)(_deleter("access_key"))
+
+
+@router.post(f"{_ACCOUNT}/principals/{{login}}/revoke", response_model=Principal, tags=["principals"])
+async def revoke(call: Caller, account: str, login: str) -> Principal:
+    """Every login password issued to the principal stops working."""
+    principal = await call.run(call.service.revoke, call.actor, account, login, source=call.source)
+    return principal_document(principal)
+
+
+@router.get(
+    f"{_ACCOUNT}/repositories",
+    tags=["repositories"],
+    **_paged(Repositories, "repositories the caller may pull"),
+)
+async def list_repositories(
+    call: Caller,
+    request: Request,
+    response: Response,
+    account: str,
+    n: PageSize = DEFAULT_PAGE,
+    last: After = None,
+) -> Repositories:
+    found = await call.run(call.service.list_repositories, call.actor, account, limit=n, last=last)
+    link_next(request, response, n, found.next)
+    return Repositories(repositories=[repository_document(i) for i in found])
+
+
+@router.post(
+    f"{_ACCOUNT}/repositories",
+    status_code=201,
+    response_model=Repository,
+    tags=["repositories"],
+    responses=CONFLICT_RESPONSE,
+)
+async def create_repository(call: Caller, account: str, body: RepositoryCreate) -> Repository:
+    """An empty repository `<account>/<name>`."""
+    info = await call.run(
+        call.service.create_repository,
+        call.actor,
+        f"{account}/{body.name}",
+        body.visibility,
+        source=call.source,
+    )
+    return repository_document(info)
+
+
+@router.get(f"{_REPOSITORY}/policies", tags=["repositories"], **_paged(Policies, "the repository's policies"))
+async def list_policies(
+    call: Caller,
+    request: Request,
+    response: Response,
+    name: str,
+    n: PageSize = DEFAULT_PAGE,
+    last: After = None,
+) -> Policies:
+    found = await call.run(call.service.list_policies, call.actor, name, limit=n, last=last)
+    link_next(request, response, n, found.next)
+    return Policies(policies=[Policy(account=a, actions=sorted(actions)) for a, actions in found])
+
+
+@router.put(f"{_REPOSITORY}/policies/{{account}}", response_model=Repository, tags=["repositories"])
+async def put_policy(call: Caller, name: str, account: str, body: PolicyPut) -> Repository:
+    """Let another account's members pull (or push)."""
+    info = await call.run(
+        call.service.set_policy, call.actor, name, account, frozenset(body.actions), source=call.source
+    )
+    return repository_document(info)
+
+
+@router.delete(f"{_REPOSITORY}/policies/{{account}}", tags=["repositories"], **_NO_CONTENT)
+async def delete_policy(call: Caller, name: str, account: str) -> Response:
+    await call.run(call.service.remove_policy, call.actor, name, account, source=call.source)
+    return Response(status_code=204)
+
+
+@router.get(_REPOSITORY, response_model=Repository, tags=["repositories"])
+async def get_repository(call: Caller, name: str) -> Repository:
+    return repository_document(await call.run(call.service.get_repository, call.actor, name))
+
+
+@router.patch(_REPOSITORY, response_model=Repository, tags=["repositories"])
+async def patch_repository(
+    call: Caller, name: str, body: Annotated[RepositoryPatch | None, Body()] = None
+) -> Repository:
+    if body is None or body.visibility is None:
+        return repository_document(await call.run(call.service.get_repository, call.actor, name))
+    info = await call.run(call.service.set_visibility, call.actor, name, body.visibility, source=call.source)
+    return repository_document(info)
+
+
+@router.delete(_REPOSITORY, tags=["repositories"], **_NO_CONTENT)
+async def delete_repository(call: Caller, name: str) -> Response:
+    """The repository and everything in it."""
+    await call.run(call.service.delete_repository, call.actor, name, source=call.source)
+    return Response(status_code=204)
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+def _docs_page() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=OPENAPI_PATH,
+        title="Shipyard management API",
+        swagger_js_url=f"{_ASSETS_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{_ASSETS_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{_ASSETS_PATH}/favicon.png",
+    )
+
+
+def build_app(identity: IdentityService, service: AccountService, executor: Executor) -> FastAPI:
+    app = FastAPI(
+        title="Shipyard management API",
+        version=__version__,
+        description=(
+            "Accounts, users, robots, access keys, repositories, policies and the audit log. "
+            "HTTP Basic authentication with the same credentials as `/token`; every refusal is an "
+            'OCI error body `{"errors": [{"code", "message", "detail"}]}`.'
+        ),
+        openapi_url=OPENAPI_PATH,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = _Services(identity, service, executor)
+    app.include_router(router)
+    app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
+    # Swagger UI's script and style from a package, so that the page works with no internet access
+    assets = files("fastapi_offline").joinpath("static")
+    app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
+    install_error_handlers(app, lambda: identity.config.service)
+    return app
 
 
 class ManagementApi:
+    """The ASGI entry of /api/v1/: a body-size guard and no-store answers around the framework."""
+
     def __init__(self, identity: IdentityService, service: AccountService, executor: Executor) -> None:
-        self.identity = identity
-        self.service = service
-        self.executor = executor
-        self._openapi = json.dumps(openapi_document()).encode()
+        self.app = build_app(identity, service, executor)
 
     def handles(self, path: str) -> bool:
         return path.startswith(PREFIX)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            await self._dispatch(request, send)
-        except ClientDisconnected:
+        declared = _content_length(scope)
+        if declared is not None and declared > MAX_BODY:
+            body = error_body("UNSUPPORTED", BodyTooLarge.message, f"at most {MAX_BODY} bytes")
+            await respond(
+                send, 413, {"content-type": JSON, "cache-control": NO_STORE, "connection": "close"}, body
+            )
             return
-        except RegistryError as error:
-            headers = {"content-type": JSON, "cache-control": "no-store"}
-            if isinstance(error, Unauthorized):
-                headers["www-authenticate"] = f'Basic realm="{self.identity.config.service}"'
-            await respond(send, status_for(error), headers, body_for(error))
-        except Exception:
-            log.exception("unexpected error in %s %s", request.method, request.path)
-            await respond(send, 500, {"content-type": JSON}, error_body("UNKNOWN", "internal server error"))
-
-    async def _dispatch(self, request: Request, send: Send) -> None:
-        if request.path == OPENAPI_PATH:
-            if request.method != "GET":
-                raise _MethodNotAllowed
-            await respond(send, 200, {"content-type": JSON}, self._openapi)
-            return
-        found = match(request.method, request.path)
-        if found is None:
-            await respond(send, 404, {"content-type": JSON}, error_body("NOT_FOUND", "no such endpoint"))
-            return
-        if found is False:
-            raise _MethodNotAllowed
-        assert isinstance(found, tuple)
-        route, params = found
-        actor = await self._authenticate(request)
-        body = await self._body(request) if route.method in ("POST", "PUT", "PATCH") else {}
-        call = Call(actor, request_source(request), request.query)
-        loop = asyncio.get_running_loop()
-        status, document = await loop.run_in_executor(self.executor, route.handler, self, call, params, body)
-        headers = {"cache-control": "no-store"}
-        if isinstance(document, Page):
-            link = next_link(request.path, request.query, document)
-            if link is not None:
-                headers["link"] = link
-            document = {document.key: list(document.items)}
-        if document is None:
-            await respond(send, status, headers)
-        else:
-            headers["content-type"] = JSON
-            await respond(send, status, headers, json.dumps(document).encode())
-
-    async def _authenticate(self, request: Request) -> PrincipalRecord:
-        credentials = basic_credentials(request.headers.get("authorization"))
-        if credentials is None:
-            raise Unauthorized("Basic credentials required")
-        login, secret = credentials
-        loop = asyncio.get_running_loop()
-        principal: PrincipalRecord = await loop.run_in_executor(
-            self.executor, self.identity.login, login, secret, source_of(request.scope)
-        )
-        return principal
-
-    @staticmethod
-    async def _body(request: Request) -> Body:
-        raw = await request.body(_MAX_BODY)
-        if raw is None:
-            raise BadRequest("request body too large")
-        if not raw.strip():
-            return {}
-        try:
-            document = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("the request body is not JSON") from None
-        if not isinstance(document, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return document
+        cacheable = scope["path"].startswith(_ASSETS_PATH)
+        await self.app(scope, _limited(receive), send if cacheable else _no_store(send))
 
 
-class _MethodNotAllowed(RegistryError):
-    code = "UNSUPPORTED"
-    message = "method not allowed"
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _limited(receive: Receive) -> Receive:
+    """A chunked body larger than MAX_BODY fails as it arrives (the framework answers 400)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > MAX_BODY:
+            raise BadRequest(f"request body larger than {MAX_BODY} bytes")
+        return message
+
+    return limited
+
+
+def _no_store(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(key.lower() == b"cache-control" for key, _ in headers):
+                headers.append((b"cache-control", NO_STORE.encode()))
+            message["headers"] = headers
+        await send(message)
+
+    return wrapped

@@ -27,13 +27,13 @@ USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 def validate_account_name(name: str) -> str:
-    if len(name) > 64 or not ACCOUNT_NAME.match(name):
+    if len(name) > 64 or not ACCOUNT_NAME.fullmatch(name):
         raise NameInvalid(f"invalid account name: {name!r}")
     return name
 
 
 def validate_user_name(name: str) -> str:
-    if not USER_NAME.match(name):
+    if not USER_NAME.fullmatch(name):
         raise NameInvalid(f"invalid user or robot name: {name!r}")
     return name
 
