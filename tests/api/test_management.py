@@ -3,7 +3,10 @@ access keys, robots, repositories, visibility and policies, and what each lets i
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +308,69 @@ def test_without_authentication_the_management_api_is_unavailable(tmp_path: Path
         assert "--insecure-no-auth" in r.json()["errors"][0]["message"]
     finally:
         process.stop()
+
+
+def test_the_framework_refuses_in_the_oci_format(api: httpx.Client, server: ServerProcess) -> None:
+    def refused(r: httpx.Response, status: int, code: str = "UNSUPPORTED") -> str:
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        (error,) = r.json()["errors"]
+        assert error["code"] == code, error
+        return f"{error['message']}: {error.get('detail')}"
+
+    # 405 names every method of the path's template
+    r = api.put("/api/v1/accounts", auth=ADMIN)
+    refused(r, 405)
+    assert r.headers["allow"] == "GET, POST"
+    r = api.request("OPTIONS", "/api/v1/accounts/acme", auth=ADMIN)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, PATCH"
+    r = api.request("TRACE", "/api/v1/auth/login-password", auth=ADMIN)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    # a path shaped as a policies endpoint is one, whatever a repository could be called
+    r = api.patch("/api/v1/repositories/acme/app/policies", auth=ADMIN, json={})
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    r = api.request("OPTIONS", "/api/v1/repositories/acme/app/policies/beta", auth=ADMIN)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, PUT"
+    refused(api.get("/api/v1/accounts/acme/nothing", auth=ADMIN), 404, "NOT_FOUND")
+
+    # bodies: not JSON, cut short, the wrong shape or type, too large
+    assert "not valid JSON" in refused(api.post("/api/v1/accounts", auth=ADMIN, content=b'{"name": "ab'), 400)
+    assert "required" in refused(api.post("/api/v1/accounts", auth=ADMIN), 400)
+    form = api.post("/api/v1/accounts", auth=ADMIN, data={"name": "formed"})
+    assert "must be a JSON object" in refused(form, 400)
+    assert "must be a JSON object" in refused(api.post("/api/v1/accounts", auth=ADMIN, json=["name"]), 400)
+    assert "'name'" in refused(api.post("/api/v1/accounts", auth=ADMIN, json={"name": 7}), 400)
+    assert "'disabled'" in refused(api.patch("/api/v1/accounts/admin", auth=ADMIN, json={"disabled": 1}), 400)
+    big = {"name": "x" * (64 * 1024)}
+    refused(api.post("/api/v1/accounts", auth=ADMIN, json=big), 413)
+    # query parameters: unknown or repeated ones are refused, not ignored
+    assert "'limit'" in refused(api.get("/api/v1/accounts", params={"limit": 5}, auth=ADMIN), 400)
+    repeated = api.get("/api/v1/accounts", params=[("n", "1"), ("n", "2")], auth=ADMIN)
+    assert "more than once" in refused(repeated, 400)
+
+    # a policy for the account that owns the repository conflicts with what it is
+    ok(api.post("/api/v1/accounts", auth=ADMIN, json={"name": "owner"}), 201)
+    ok(api.post("/api/v1/accounts/owner/repositories", auth=ADMIN, json={"name": "app"}), 201)
+    r = api.put("/api/v1/repositories/owner/app/policies/owner", auth=ADMIN, json={"actions": ["pull"]})
+    assert "own members" in refused(r, 409, "CONFLICT")
+    r = api.put("/api/v1/repositories/owner/app/policies/acme", auth=ADMIN, json={"actions": []})
+    refused(r, 400)
+    assert "Traceback" not in server.log()
+
+
+def test_a_client_that_goes_away_mid_body_is_no_error(server: ServerProcess) -> None:
+    credentials = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    for declared in (100, 60 * 1024):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Basic {credentials}\r\nContent-Length: {declared}\r\n\r\n".encode()
+                + b'{"name": "half'
+            )
+            time.sleep(0.2)
+    # the server is fine, and said nothing about it beyond, at most, an informational line
+    r = httpx.get(f"{server.url}/api/v1/whoami", auth=ADMIN, timeout=30)
+    assert r.status_code == 200
+    time.sleep(0.3)
+    log = server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

@@ -45,13 +45,14 @@ class ShipyardASGI:
             path = scope["path"]
             if path.startswith("/v2"):
                 await self.oci(scope, receive, send)
-            elif self.auth is not None and self.auth.handles(path):
-                await self.auth(scope, receive, send)
             elif path.startswith(MANAGEMENT_PREFIX):
+                # /api/v1/auth/login-password included: the management app serves and documents it
                 if self.management is None:
                     await respond(send, 503, {"content-type": JSON}, MANAGEMENT_OFF)
                 else:
                     await self.management(scope, receive, send)
+            elif self.auth is not None and self.auth.handles(path):
+                await self.auth(scope, receive, send)
             else:
                 await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
         elif kind == "lifespan":

@@ -19,11 +19,13 @@ from importlib.resources import files
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.staticfiles import StaticFiles
 from pydantic import BeforeValidator
+from starlette.convertors import Convertor, register_url_convertor
 
 from shipyard import __version__
 from shipyard.api.auth import basic_credentials, source_of
@@ -37,9 +39,13 @@ from shipyard.api.management_errors import (
     BodyTooLarge,
     ManagementRoute,
     install_error_handlers,
+    without_unused_responses,
 )
 from shipyard.api.management_models import (
+    ACCOUNT_GRAMMAR,
+    REPOSITORY_NAME_GRAMMAR,
     SECRET_WARNING,
+    USER_GRAMMAR,
     AccessKeyCreate,
     AccessKeys,
     Account,
@@ -121,7 +127,13 @@ def request_source(request: Request) -> str:
     return f"cli@{address}" if agent.startswith(CLI_USER_AGENT) else address
 
 
-async def authenticated(request: Request) -> Call:
+# declares the scheme in the OpenAPI document; the header is read below, as /token reads it
+_BASIC = HTTPBasic(auto_error=False, realm="shipyard", description="the same credentials as /token")
+
+
+async def authenticated(
+    request: Request, _: Annotated[HTTPBasicCredentials | None, Security(_BASIC)]
+) -> Call:
     credentials = basic_credentials(request.headers.get("authorization"))
     if credentials is None:
         raise Unauthorized("Basic credentials required")
@@ -132,6 +144,15 @@ async def authenticated(request: Request) -> Call:
 
 
 Caller = Annotated[Call, Depends(authenticated)]
+# the grammar the service checks, documented (a name outside it is refused there, and audited)
+AccountPath = Annotated[str, Path(description="an account name", json_schema_extra=ACCOUNT_GRAMMAR)]
+PrincipalPath = Annotated[
+    str,
+    Path(description="a user name, or a robot's name without `<account>+`", json_schema_extra=USER_GRAMMAR),
+]
+RepositoryPath = Annotated[
+    str, Path(description="`<account>/<name>`, slashes and all", json_schema_extra=REPOSITORY_NAME_GRAMMAR)
+]
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -234,8 +255,25 @@ def audit_document(event: AuditRecord) -> AuditEvent:
 
 router = APIRouter(prefix="/api/v1", route_class=ManagementRoute, responses=ERROR_RESPONSES)
 _ACCOUNT = "/accounts/{account}"
-# a repository name spans slashes; the policies routes come first so that they win
-_REPOSITORY = "/repositories/{name:path}"
+_POLICIES = "/repositories/{name:path}/policies"
+
+
+class _RepositoryConvertor(Convertor[str]):
+    """A repository name spans slashes, so `/repositories/a/policies` could name the repository
+    `a/policies` or the policies of `a`: paths shaped as a policies endpoint belong to it alone (and a
+    method it lacks is a 405 there, not an operation on another repository)."""
+
+    regex = r"(?!.*/policies(?:/[^/]*)?$).*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("repository", _RepositoryConvertor())
+_REPOSITORY = "/repositories/{name:repository}"
 _NO_CONTENT: dict[str, Any] = {"status_code": 204, "response_class": Response}
 
 
@@ -295,13 +333,13 @@ async def create_account(call: Caller, body: AccountCreate) -> Account:
 
 
 @router.get(_ACCOUNT, response_model=Account, tags=["accounts"])
-async def get_account(call: Caller, account: str) -> Account:
+async def get_account(call: Caller, account: AccountPath) -> Account:
     return account_document(await call.run(call.service.get_account, call.actor, account))
 
 
 @router.patch(_ACCOUNT, response_model=Account, tags=["accounts"])
 async def patch_account(
-    call: Caller, account: str, body: Annotated[AccountPatch | None, Body()] = None
+    call: Caller, account: AccountPath, body: Annotated[AccountPatch | None, Body()] = None
 ) -> Account:
     if body is None or body.disabled is None:
         return account_document(await call.run(call.service.get_account, call.actor, account))
@@ -311,8 +349,8 @@ async def patch_account(
     return account_document(found)
 
 
-@router.delete(_ACCOUNT, tags=["accounts"], **_NO_CONTENT)
-async def delete_account(call: Caller, account: str) -> Response:
+@router.delete(_ACCOUNT, tags=["accounts"], responses=CONFLICT_RESPONSE, **_NO_CONTENT)
+async def delete_account(call: Caller, account: AccountPath) -> Response:
     await call.run(call.service.delete_account, call.actor, account, source=call.source)
     return Response(status_code=204)
 
@@ -322,7 +360,7 @@ def _lister(kind: PrincipalKind, model: type[Any], key: str) -> Callable[..., An
         call: Caller,
         request: Request,
         response: Response,
-        account: str,
+        account: AccountPath,
         n: PageSize = DEFAULT_PAGE,
         last: After = None,
     ) -> Any:
@@ -357,7 +395,7 @@ async def _update(
 
 
 def _deleter(kind: PrincipalKind) -> Callable[..., Any]:
-    async def handler(call: Caller, account: str, name: str) -> Response:
+    async def handler(call: Caller, account: AccountPath, name: str) -> Response:
         await call.run(
             call.service.delete_principal,
             call.actor,
@@ -384,7 +422,7 @@ router.get(f"{_ACCOUNT}/users", tags=["principals"], **_paged(Users, "the accoun
     tags=["principals"],
     responses=CONFLICT_RESPONSE,
 )
-async def create_user(call: Caller, account: str, body: UserCreate) -> Created:
+async def create_user(call: Caller, account: AccountPath, body: UserCreate) -> Created:
     """A user; without a password, a generated secret is answered once."""
     created = await call.run(
         call.service.create_user,
@@ -400,7 +438,7 @@ async def create_user(call: Caller, account: str, body: UserCreate) -> Created:
 
 @router.patch(f"{_ACCOUNT}/users/{{name}}", response_model=Created, tags=["principals"])
 async def patch_user(
-    call: Caller, account: str, name: str, body: Annotated[UserPatch | None, Body()] = None
+    call: Caller, account: AccountPath, name: PrincipalPath, body: Annotated[UserPatch | None, Body()] = None
 ) -> Created:
     """Change a user's role, disable or enable it, or give it a new secret (answered once)."""
     return await _update(call, "user", account, name, body)
@@ -419,7 +457,7 @@ router.get(f"{_ACCOUNT}/robots", tags=["principals"], **_paged(Robots, "the acco
     tags=["principals"],
     responses=CONFLICT_RESPONSE,
 )
-async def create_robot(call: Caller, account: str, body: RobotCreate) -> Created:
+async def create_robot(call: Caller, account: AccountPath, body: RobotCreate) -> Created:
     """A robot `<account>+<name>`; its secret is answered once."""
     created = await call.run(
         call.service.create_robot,
@@ -435,7 +473,7 @@ async def create_robot(call: Caller, account: str, body: RobotCreate) -> Created
 
 @router.patch(f"{_ACCOUNT}/robots/{{name}}", response_model=Created, tags=["principals"])
 async def patch_robot(
-    call: Caller, account: str, name: str, body: Annotated[RobotPatch | None, Body()] = None
+    call: Caller, account: AccountPath, name: PrincipalPath, body: Annotated[RobotPatch | None, Body()] = None
 ) -> Created:
     """Change a robot's role, disable or enable it, or give it a new secret (answered once)."""
     return await _update(call, "robot", account, name, body)
@@ -449,7 +487,7 @@ router.get(
 
 @router.post(f"{_ACCOUNT}/access-keys", status_code=201, response_model=Created, tags=["principals"])
 async def create_access_key(
-    call: Caller, account: str, body: Annotated[AccessKeyCreate | None, Body()] = None
+    call: Caller, account: AccountPath, body: Annotated[AccessKeyCreate | None, Body()] = None
 ) -> Created:
     """An access key of the calling user, with its role; the secret is answered once."""
     description = None if body is None else body.description
@@ -463,7 +501,7 @@ router.delete(f"{_ACCOUNT}/access-keys/{{name}}", tags=["principals"], **_NO_CON
 
 
 @router.post(f"{_ACCOUNT}/principals/{{login}}/revoke", response_model=Principal, tags=["principals"])
-async def revoke(call: Caller, account: str, login: str) -> Principal:
+async def revoke(call: Caller, account: AccountPath, login: str) -> Principal:
     """Every login password issued to the principal stops working."""
     principal = await call.run(call.service.revoke, call.actor, account, login, source=call.source)
     return principal_document(principal)
@@ -478,7 +516,7 @@ async def list_repositories(
     call: Caller,
     request: Request,
     response: Response,
-    account: str,
+    account: AccountPath,
     n: PageSize = DEFAULT_PAGE,
     last: After = None,
 ) -> Repositories:
@@ -494,7 +532,7 @@ async def list_repositories(
     tags=["repositories"],
     responses=CONFLICT_RESPONSE,
 )
-async def create_repository(call: Caller, account: str, body: RepositoryCreate) -> Repository:
+async def create_repository(call: Caller, account: AccountPath, body: RepositoryCreate) -> Repository:
     """An empty repository `<account>/<name>`."""
     info = await call.run(
         call.service.create_repository,
@@ -506,12 +544,12 @@ async def create_repository(call: Caller, account: str, body: RepositoryCreate) 
     return repository_document(info)
 
 
-@router.get(f"{_REPOSITORY}/policies", tags=["repositories"], **_paged(Policies, "the repository's policies"))
+@router.get(_POLICIES, tags=["repositories"], **_paged(Policies, "the repository's policies"))
 async def list_policies(
     call: Caller,
     request: Request,
     response: Response,
-    name: str,
+    name: RepositoryPath,
     n: PageSize = DEFAULT_PAGE,
     last: After = None,
 ) -> Policies:
@@ -520,8 +558,10 @@ async def list_policies(
     return Policies(policies=[Policy(account=a, actions=sorted(actions)) for a, actions in found])
 
 
-@router.put(f"{_REPOSITORY}/policies/{{account}}", response_model=Repository, tags=["repositories"])
-async def put_policy(call: Caller, name: str, account: str, body: PolicyPut) -> Repository:
+@router.put(
+    f"{_POLICIES}/{{account}}", response_model=Repository, tags=["repositories"], responses=CONFLICT_RESPONSE
+)
+async def put_policy(call: Caller, name: RepositoryPath, account: AccountPath, body: PolicyPut) -> Repository:
     """Let another account's members pull (or push)."""
     info = await call.run(
         call.service.set_policy, call.actor, name, account, frozenset(body.actions), source=call.source
@@ -529,20 +569,20 @@ async def put_policy(call: Caller, name: str, account: str, body: PolicyPut) -> 
     return repository_document(info)
 
 
-@router.delete(f"{_REPOSITORY}/policies/{{account}}", tags=["repositories"], **_NO_CONTENT)
-async def delete_policy(call: Caller, name: str, account: str) -> Response:
+@router.delete(f"{_POLICIES}/{{account}}", tags=["repositories"], **_NO_CONTENT)
+async def delete_policy(call: Caller, name: RepositoryPath, account: AccountPath) -> Response:
     await call.run(call.service.remove_policy, call.actor, name, account, source=call.source)
     return Response(status_code=204)
 
 
 @router.get(_REPOSITORY, response_model=Repository, tags=["repositories"])
-async def get_repository(call: Caller, name: str) -> Repository:
+async def get_repository(call: Caller, name: RepositoryPath) -> Repository:
     return repository_document(await call.run(call.service.get_repository, call.actor, name))
 
 
 @router.patch(_REPOSITORY, response_model=Repository, tags=["repositories"])
 async def patch_repository(
-    call: Caller, name: str, body: Annotated[RepositoryPatch | None, Body()] = None
+    call: Caller, name: RepositoryPath, body: Annotated[RepositoryPatch | None, Body()] = None
 ) -> Repository:
     if body is None or body.visibility is None:
         return repository_document(await call.run(call.service.get_repository, call.actor, name))
@@ -551,7 +591,7 @@ async def patch_repository(
 
 
 @router.delete(_REPOSITORY, tags=["repositories"], **_NO_CONTENT)
-async def delete_repository(call: Caller, name: str) -> Response:
+async def delete_repository(call: Caller, name: RepositoryPath) -> Response:
     """The repository and everything in it."""
     await call.run(call.service.delete_repository, call.actor, name, source=call.source)
     return Response(status_code=204)
@@ -570,8 +610,15 @@ def _docs_page() -> HTMLResponse:
     )
 
 
+class _ManagementApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = without_unused_responses(super().openapi())
+        return self.openapi_schema
+
+
 def build_app(identity: IdentityService, service: AccountService, executor: Executor) -> FastAPI:
-    app = FastAPI(
+    app = _ManagementApp(
         title="Shipyard management API",
         version=__version__,
         description=(
@@ -580,6 +627,8 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
             'OCI error body `{"errors": [{"code", "message", "detail"}]}`.'
         ),
         openapi_url=OPENAPI_PATH,
+        # a body without a Content-Type is read as JSON, as it was before the framework
+        strict_content_type=False,
         docs_url=None,
         redoc_url=None,
     )
@@ -589,7 +638,7 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    install_error_handlers(app, lambda: identity.config.service)
+    install_error_handlers(app, [*router.routes, *app.router.routes], lambda: identity.config.service)
     return app
 
 

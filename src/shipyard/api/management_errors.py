@@ -4,15 +4,16 @@ validation errors, unknown paths, and methods a path does not allow (405 with `A
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from shipyard.api.errors import body_for, error_body, status_for
 from shipyard.api.http import JSON
@@ -84,23 +85,42 @@ def _from_validation(errors: list[dict[str, Any]]) -> RegistryError:
             problems.append("the request body is not valid JSON")
         elif error.get("type") == "missing" and loc == ("body",):
             problems.append("a JSON request body is required")
+        elif loc == ("body",):
+            problems.append("the request body must be a JSON object (Content-Type: application/json)")
         else:
             problems.append(f"{_location(loc)}: {error.get('msg', 'invalid')}")
     return BadRequest("; ".join(problems))
 
 
-def allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this path: the framework names only the first route's."""
+def allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]:
+    """The methods of the first template that matches the path, which is the one that owns it (the
+    framework names only the first route's methods, not those of the template's other routes)."""
+    owner: str | None = None
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+    for route in routes:
+        template = getattr(route, "path", None)
+        if owner is None and route.matches(request.scope)[0] != Match.NONE:
+            owner = template
+        if owner is not None and template == owner:
+            methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods) or ["GET", "HEAD"]
 
 
-def install_error_handlers(app: FastAPI, realm: Callable[[], str]) -> None:
+def without_unused_responses(document: dict[str, Any]) -> dict[str, Any]:
+    """The framework documents a 422 for its validation errors on every operation; they are 400s here
+    (ERROR_RESPONSES), so the 422 and its schemas go."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document
+
+
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute], realm: Callable[[], str]) -> None:
+    """`routes`: every route of the application, as they were declared (with their full paths)."""
+
     async def registry_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RegistryError)
         headers = {}
@@ -117,9 +137,12 @@ def install_error_handlers(app: FastAPI, realm: Callable[[], str]) -> None:
         if exc.status_code == 404:
             return error_response(404, error_body("NOT_FOUND", "no such endpoint"))
         if exc.status_code == 405:
-            allow = ", ".join(allowed_methods(app, request))
+            allow = ", ".join(allowed_methods(routes, request))
             body = error_body("UNSUPPORTED", "method not allowed")
             return error_response(405, body, {"allow": allow})
+        if exc.status_code == 401:
+            # the framework's Basic scheme refused a header it could not decode
+            return await registry_error(request, Unauthorized("Basic credentials required"))
         if exc.status_code == 400:
             # the framework could not read the body: the client went away or sent garbage
             return error_response(400, error_body("UNSUPPORTED", "bad request", str(exc.detail)))
@@ -130,14 +153,32 @@ def install_error_handlers(app: FastAPI, realm: Callable[[], str]) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
 class ManagementRoute(APIRoute):
-    """Answers an unexpected exception with a 500 in the error format here, where the framework would
+    """Refuses query parameters the operation does not declare (a misspelt `?limit=` would otherwise
+    be silently ignored) or that come more than once (the framework would keep one silently).
+    Answers an unexpected exception with a 500 in the error format here, where the framework would
     hand it to its outermost middleware, which logs it a second time and re-raises it to the server."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         inner = super().get_route_handler()
+        declared = _query_names(self.dependant)
 
         async def handler(request: Request) -> Response:
+            unknown = sorted({name for name in request.query_params if name not in declared})
+            if unknown:
+                raise BadRequest(f"unknown query parameter(s): {', '.join(map(repr, unknown))}")
+            repeated = sorted(
+                {name for name in request.query_params if len(request.query_params.getlist(name)) > 1}
+            )
+            if repeated:
+                raise BadRequest(f"query parameter(s) given more than once: {', '.join(map(repr, repeated))}")
             try:
                 return await inner(request)
             except (HTTPException, RequestValidationError, RegistryError):

@@ -32,8 +32,10 @@ def _grammar(pattern: str, *, max_length: int | None = None) -> dict[str, Any]:
 
 ACCOUNT_GRAMMAR = _grammar(ACCOUNT_NAME.pattern, max_length=64)
 USER_GRAMMAR = _grammar(USER_NAME.pattern)
-# the part after `<account>/`: the repository grammar, leaving room for the account
-REPOSITORY_GRAMMAR = _grammar(NAME_PATTERN.pattern, max_length=MAX_NAME_LENGTH - 65)
+REPOSITORY_NAME_GRAMMAR = _grammar(NAME_PATTERN.pattern, max_length=MAX_NAME_LENGTH)
+# the part after `<account>/`, leaving room for the longest account name
+MAX_REPOSITORY_PART = MAX_NAME_LENGTH - 65
+REPOSITORY_GRAMMAR = _grammar(NAME_PATTERN.pattern)
 
 
 class _Body(BaseModel):
@@ -87,7 +89,9 @@ class AccessKeyCreate(_Body):
 
 class RepositoryCreate(_Body):
     name: str = Field(
-        json_schema_extra=REPOSITORY_GRAMMAR, description="the name under the account: `<account>/<name>`"
+        max_length=MAX_REPOSITORY_PART,
+        json_schema_extra=REPOSITORY_GRAMMAR,
+        description="the name under the account: `<account>/<name>`",
     )
     visibility: Visibility = "private"
 
@@ -97,7 +101,9 @@ class RepositoryPatch(_Body):
 
 
 class PolicyPut(_Body):
-    actions: list[Literal["pull", "push"]] = Field(description="what the account's members may do")
+    actions: list[Literal["pull", "push"]] = Field(
+        min_length=1, description="what the account's members may do"
+    )
 
 
 # -- answers -----------------------------------------------------------------------------------

@@ -59,6 +59,14 @@ class ManagementInvalid(RequestInvalid):
     message = "invalid management request"
 
 
+class OwnAccountPolicy(RegistryError):
+    """A policy for the account that owns the repository: a well-formed request that the state of
+    the repository, not its shape, refuses."""
+
+    code = "CONFLICT"
+    message = "the account owns the repository"
+
+
 class NotMember(NotFound):
     """Answered as "no such account" so that outsiders learn nothing; the audit says what happened."""
 
@@ -554,7 +562,7 @@ class AccountService:
         with self._audited(actor, source, "policy.grant", account_of(name), name, detail):
             owner = self._require_existing_as_admin(actor, name)
             if grantee == owner:
-                raise ManagementInvalid("an account's own members need no policy")
+                raise OwnAccountPolicy("an account's own members need no policy")
             unknown = actions - POLICY_ACTIONS
             if unknown or not actions:
                 raise ManagementInvalid(f"policy actions are {', '.join(sorted(POLICY_ACTIONS))}")
