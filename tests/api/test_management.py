@@ -268,6 +268,12 @@ def test_the_openapi_document_lists_every_endpoint_and_its_errors(api: httpx.Cli
         (method.upper(), path) for path, operations in document["paths"].items() for method in operations
     }
     assert documented == ENDPOINTS
+    ids = [
+        operation["operationId"]
+        for operations in document["paths"].values()
+        for operation in operations.values()
+    ]
+    assert len(set(ids)) == len(ids) and {"whoami", "list_users", "delete_access_key"} <= set(ids)
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             statuses = set(operation["responses"])

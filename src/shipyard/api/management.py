@@ -629,6 +629,8 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
         openapi_url=OPENAPI_PATH,
         # a body without a Content-Type is read as JSON, as it was before the framework
         strict_content_type=False,
+        # operation ids are the handlers' names (`list_users`), not names derived from the path
+        generate_unique_id_function=lambda route: route.name,
         docs_url=None,
         redoc_url=None,
     )
