@@ -650,9 +650,6 @@ class ManagementApi:
     def __init__(self, identity: IdentityService, service: AccountService, executor: Executor) -> None:
         self.app = build_app(identity, service, executor)
 
-    def handles(self, path: str) -> bool:
-        return path.startswith(PREFIX)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > MAX_BODY:
