@@ -744,7 +744,72 @@ def test_manifests_endpoint_rejects_other_methods(registry: Registry) -> None:
     repo = unique_repo("man")
     push_image(registry.client, repo, "v1")
     for method in ("POST", "PATCH"):
-        assert_error(registry.client.request(method, f"/v2/{repo}/manifests/v1"), 405, "UNSUPPORTED")
+        r = registry.client.request(method, f"/v2/{repo}/manifests/v1")
+        assert_error(r, 405, "UNSUPPORTED")
+        assert r.headers["allow"] == "GET, HEAD, PUT, DELETE"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/v2/", "GET, HEAD"),
+        ("DELETE", "/v2/_catalog", "GET"),
+        ("PUT", "/v2/{repo}/blobs/{digest}", "GET, HEAD, DELETE"),
+        ("PUT", "/v2/{repo}/blobs/uploads/", "POST"),
+        ("POST", "/v2/{repo}/blobs/uploads/some-id", "GET, PATCH, PUT, DELETE"),
+        ("DELETE", "/v2/{repo}/tags/list", "GET"),
+        ("PUT", "/v2/{repo}/referrers/{digest}", "GET"),
+        ("OPTIONS", "/v2/{repo}/manifests/v1", "GET, HEAD, PUT, DELETE"),
+    ],
+)
+def test_405_names_the_allowed_methods(registry: Registry, method: str, path: str, allow: str) -> None:
+    repo = unique_repo("man")
+    push_image(registry.client, repo, "v1")
+    r = registry.client.request(method, path.format(repo=repo, digest=random_digest()))
+    assert_error(r, 405, "UNSUPPORTED")
+    assert r.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "-bad", "a" * 129])
+def test_reference_that_is_no_tag_is_404_manifest_unknown(registry: Registry, reference: str) -> None:
+    """As the conformance suite (v1.1.1) and Distribution answer: no manifest is known by that name."""
+    repo = unique_repo("man")
+    push_image(registry.client, repo, "v1")
+    assert_error(registry.client.get(f"/v2/{repo}/manifests/{reference}"), 404, "MANIFEST_UNKNOWN")
+    r = registry.client.head(f"/v2/{repo}/manifests/{reference}")
+    assert r.status_code == 404
+    assert r.content == b""
+
+
+def test_deleting_a_manifest_that_an_index_lists_is_refused(registry: Registry) -> None:
+    repo = unique_repo("man")
+    amd = push_image(registry.client, repo, "amd")
+    arm = push_image(registry.client, repo, "arm")
+    index = encode(index_manifest([(OCI_MANIFEST, amd.body), (OCI_MANIFEST, arm.body)]))
+    assert put_manifest(registry.client, repo, "multi", index, OCI_INDEX).status_code == 201
+    r = registry.client.delete(f"/v2/{repo}/manifests/{amd.digest}")
+    body = assert_error(r, 409, "DENIED")
+    assert digest_of(index) in json.dumps(body)
+    # nothing changed: the index and the child are both still served
+    assert_manifest(registry, repo, "multi", index, OCI_INDEX)
+    assert_manifest(registry, repo, amd.digest, amd.body, OCI_MANIFEST)
+    # a tag of the child is only a name: removing it breaks nothing
+    assert registry.client.delete(f"/v2/{repo}/manifests/amd").status_code == 202
+    # once the index is gone, so may the child go
+    assert registry.client.delete(f"/v2/{repo}/manifests/{digest_of(index)}").status_code == 202
+    assert registry.client.delete(f"/v2/{repo}/manifests/{amd.digest}").status_code == 202
+    assert_error(registry.client.get(f"/v2/{repo}/manifests/{amd.digest}"), 404, "MANIFEST_UNKNOWN")
+
+
+def test_an_index_in_another_repository_does_not_hold_a_manifest(registry: Registry) -> None:
+    repo, other = unique_repo("man"), unique_repo("man")
+    image = push_image(registry.client, repo, "v1")
+    same = push_image(registry.client, other, "v1", layers=image.layers, config=image.config)
+    assert same.digest == image.digest
+    index = encode(index_manifest([(OCI_MANIFEST, image.body)]))
+    assert put_manifest(registry.client, other, "multi", index, OCI_INDEX).status_code == 201
+    assert_error(registry.client.delete(f"/v2/{other}/manifests/{image.digest}"), 409, "DENIED")
+    assert registry.client.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
 
 
 def test_concurrent_puts_of_one_new_manifest_all_succeed(registry: Registry) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from shipyard.domain.errors import ManifestTooLarge, RangeInvalid, RegistryError, RequestInvalid
+from shipyard.domain.errors import (
+    ManifestReferenced,
+    ManifestTooLarge,
+    RangeInvalid,
+    RegistryError,
+    RequestInvalid,
+)
 
 STATUS_BY_CODE: dict[str, int] = {
     "BLOB_UNKNOWN": 404,
@@ -31,6 +37,7 @@ STATUS_BY_CODE: dict[str, int] = {
 STATUS_BY_ERROR: dict[type[RegistryError], int] = {
     RangeInvalid: 416,
     ManifestTooLarge: 413,
+    ManifestReferenced: 409,
     RequestInvalid: 400,
 }
 

@@ -27,7 +27,7 @@ from shipyard.db.models import (
     Tag,
     UploadSession,
 )
-from shipyard.domain.errors import ManifestBlobUnknown
+from shipyard.domain.errors import ManifestBlobUnknown, ManifestReferenced
 from shipyard.domain.manifest import ParsedManifest
 from shipyard.domain.records import Page, Referrer, StoredManifest, UploadState
 
@@ -558,6 +558,20 @@ class MetadataStore:
             ).scalar()
             if manifest_id is None:
                 return False
+            parents = list(
+                conn.execute(
+                    select(Manifest.digest)
+                    .join(ManifestChild, ManifestChild.manifest_id == Manifest.id)
+                    .where(Manifest.repository_id == repository_id, ManifestChild.digest == digest)
+                    .order_by(Manifest.digest)
+                    .limit(3)
+                ).scalars()
+            )
+            if parents:
+                raise ManifestReferenced(
+                    f"{digest} is listed by the image index {', '.join(parents)} in {repository}: "
+                    "delete the index first"
+                )
             # explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
             # do not want to depend on it
             conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))

@@ -56,6 +56,14 @@ class ManifestTooLarge(ManifestInvalid):
     message = "manifest exceeds the size limit"
 
 
+class ManifestReferenced(RegistryError):
+    """A manifest that an index in its repository lists: deleting it would break the index (409)."""
+
+    # the spec's table has no code for a conflict; DENIED is the nearest that clients know
+    code = "DENIED"
+    message = "the manifest is referenced by an image index"
+
+
 class ManifestUnknown(RegistryError):
     code = "MANIFEST_UNKNOWN"
     message = "manifest unknown to registry"

@@ -23,3 +23,7 @@ def validate_tag(tag: str) -> str:
     if not TAG_PATTERN.match(tag):
         raise TagInvalid(f"invalid tag: {tag!r}")
     return tag
+
+
+def is_tag(reference: str) -> bool:
+    return TAG_PATTERN.match(reference) is not None

@@ -18,7 +18,7 @@ from shipyard.auth.scopes import Scope, grants, merge
 from shipyard.auth.tokens import TokenRejected
 from shipyard.db.accounts import AccountStore
 from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
-from shipyard.domain.errors import NameInvalid, TooManyRequests, Unauthorized
+from shipyard.domain.errors import NameInvalid, NameUnknown, TooManyRequests, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action, CatalogFilter, Identity
 from shipyard.services.principals import PrincipalView
@@ -395,6 +395,8 @@ class TokenAccess:
 
     def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
         if self.allowed_scope(identity, repository, action):
+            if action == "push" and repository is not None:
+                self._require_account(repository)
             return
         scope = (
             "registry:catalog:*" if repository is None else f"repository:{repository}:{_challenge(action)}"
@@ -417,6 +419,18 @@ class TokenAccess:
 
     def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
         return self.allowed_scope(identity, repository, action)
+
+    def _require_account(self, repository: str) -> None:
+        """A push creates the repository: only inside an account's namespace, or it would hold a
+        repository that no account owns and no management command can see or delete."""
+        account, slash, _ = repository.partition("/")
+        if not slash:
+            raise NameUnknown(f"repository names are ACCOUNT/NAME; {repository!r} names no account")
+        if not self.identity.principals.has_account(account):
+            raise NameUnknown(
+                f"no account {account!r}: create it (shipyard accounts create {account}) "
+                f"before pushing to {repository}"
+            )
 
     @staticmethod
     def allowed_scope(identity: Identity, repository: str | None, action: Action) -> bool:

@@ -82,6 +82,15 @@ class PrincipalView:
             principal = replace(principal, account_disabled=account_disabled)
         return principal
 
+    def has_account(self, name: str) -> bool:
+        """Whether the account exists. A name the view does not know is looked up once more, since
+        another process may have created the account after the view's last refresh."""
+        if self._clock() >= self._fresh_until:
+            self._refresh(wait=not self.loaded)
+        if name in self._accounts:
+            return True
+        return self._refresh(wait=True) and name in self._accounts
+
     def current_version(self) -> int | None:
         """The view's version while it is fresh, else None (a lookup would refresh it first)."""
         if self._clock() >= self._fresh_until:

@@ -23,7 +23,7 @@ from shipyard.domain.errors import (
     Unsupported,
 )
 from shipyard.domain.manifest import parse_manifest
-from shipyard.domain.names import validate_name, validate_tag
+from shipyard.domain.names import is_tag, validate_name, validate_tag
 from shipyard.domain.records import BlobInfo, Page, PutManifestResult, Referrer, StoredManifest, UploadState
 from shipyard.services.access import CatalogFilter
 from shipyard.services.pulls import PullRecorder
@@ -409,8 +409,12 @@ class RegistryService:
         validate_name(repository)
         if is_digest(reference):
             found = self.metadata.manifest_by_digest(repository, str(Digest.parse(reference)))
+        elif is_tag(reference):
+            found = self.metadata.manifest_by_tag(repository, reference)
         else:
-            found = self.metadata.manifest_by_tag(repository, validate_tag(reference))
+            # no manifest can be known by a name that is not a tag: 404, as the conformance suite and
+            # Distribution answer, rather than a 400 that clients take for a broken request
+            found = None
         if found is None:
             raise ManifestUnknown(f"manifest unknown: {reference}")
         self.pulls.record(found.id)

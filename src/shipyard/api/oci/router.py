@@ -28,6 +28,11 @@ _ROUTE = re.compile(
     r")$"
 )
 
+# host[:port] as RFC 3986 spells it: a name or IPv4 address, or an IPv6 literal in brackets
+_HOST = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z"
+)
+
 _ACTIONS: dict[str, Action] = {
     "GET": "pull",
     "HEAD": "pull",
@@ -62,6 +67,8 @@ class OciApi:
             if self.ctx.auth_service is not None:
                 headers["www-authenticate"] = self._challenge(request, error)
             await self._error(request, send, status_for(error), body_for(error), headers)
+        except MethodNotAllowed as error:
+            await self._error(request, send, 405, body_for(error), {"allow": error.allow})
         except RegistryError as error:
             await self._error(request, send, status_for(error), body_for(error))
         except Exception:
@@ -71,10 +78,13 @@ class OciApi:
     def _challenge(self, request: Request, error: Unauthorized) -> str:
         base = self.ctx.public_url
         if base is None:
-            scheme = request.scope.get("scheme", "http")
-            host = request.headers.get("host") or "{}:{}".format(
-                *request.scope.get("server", ("localhost", 80))
-            )
+            scheme = "https" if request.scope.get("scheme") == "https" else "http"
+            host = request.headers.get("host")
+            if host is None or not _HOST.match(host):
+                # the Host header goes into a quoted parameter of the challenge: anything but host[:port]
+                # could end the quote and add parameters of its own, so the server's own address stands in
+                server = request.scope.get("server") or ("localhost", 80)
+                host = f"[{server[0]}]:{server[1]}" if ":" in str(server[0]) else f"{server[0]}:{server[1]}"
             base = f"{scheme}://{host}"
         parts = [f'realm="{base.rstrip("/")}/token"', f'service="{self.ctx.auth_service}"']
         extra = error.extra if isinstance(error.extra, dict) else {}
@@ -102,13 +112,13 @@ class OciApi:
         identity = ctx.access.authenticate(request.header("authorization"), client[0] if client else None)
         if path in ("/v2/", "/v2"):
             if method not in ("GET", "HEAD"):
-                raise _method_not_allowed()
+                raise MethodNotAllowed("GET, HEAD")
             ctx.access.require_authenticated(identity)
             await respond_json(send, 200, {})
             return
         if path == "/v2/_catalog":
             if method != "GET":
-                raise _method_not_allowed()
+                raise MethodNotAllowed("GET")
             ctx.access.authorize(identity, None, "pull")
             await listing.catalog(ctx, request, send, ctx.access.catalog_filter(identity))
             return
@@ -117,23 +127,25 @@ class OciApi:
             await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
             return
         name = validate_name(match["name"])
+        allow = _allowed_methods(match)
         action = _ACTIONS.get(method)
-        if action is None:
-            raise _method_not_allowed()
-        ctx.access.authorize(identity, name, action)
+        if action is None or method not in allow:
+            raise MethodNotAllowed(", ".join(allow))
+        try:
+            ctx.access.authorize(identity, name, action)
+        except Unauthorized as error:
+            if match["upload"] == "" and method == "POST":
+                _ask_for_mount_source(request, error)
+            raise
         if (reference := match["reference"]) is not None:
             if method in ("GET", "HEAD"):
                 await manifests.get_manifest(ctx, request, send, name, reference)
             elif method == "PUT":
                 await manifests.put_manifest(ctx, request, send, name, reference)
-            elif method == "DELETE":
-                await manifests.delete_manifest(ctx, request, send, name, reference)
             else:
-                raise _method_not_allowed()
+                await manifests.delete_manifest(ctx, request, send, name, reference)
         elif (upload := match["upload"]) is not None:
             if upload == "":
-                if method != "POST":
-                    raise _method_not_allowed()
                 await uploads.start_upload(ctx, request, send, name, identity)
             elif method == "PATCH":
                 await uploads.patch_upload(ctx, request, send, name, upload)
@@ -141,31 +153,49 @@ class OciApi:
                 await uploads.finish_upload(ctx, request, send, name, upload)
             elif method == "GET":
                 await uploads.upload_status(ctx, request, send, name, upload)
-            elif method == "DELETE":
-                await uploads.cancel_upload(ctx, request, send, name, upload)
             else:
-                raise _method_not_allowed()
+                await uploads.cancel_upload(ctx, request, send, name, upload)
         elif (digest := match["digest"]) is not None:
             if method in ("GET", "HEAD"):
                 await blobs.get_blob(ctx, request, send, name, digest)
-            elif method == "DELETE":
-                await blobs.delete_blob(ctx, request, send, name, digest)
             else:
-                raise _method_not_allowed()
+                await blobs.delete_blob(ctx, request, send, name, digest)
         elif match["tags"] is not None:
-            if method != "GET":
-                raise _method_not_allowed()
             await listing.list_tags(ctx, request, send, name)
         else:
-            if method != "GET":
-                raise _method_not_allowed()
             await listing.referrers(ctx, request, send, name, match["subject"])
 
 
-class _MethodNotAllowed(RegistryError):
+class MethodNotAllowed(RegistryError):
     code = "UNSUPPORTED"
     message = "method not allowed for this endpoint"
 
+    def __init__(self, allow: str) -> None:
+        super().__init__(f"this endpoint allows {allow}")
+        self.allow = allow
 
-def _method_not_allowed() -> RegistryError:
-    return _MethodNotAllowed()
+
+def _allowed_methods(match: re.Match[str]) -> tuple[str, ...]:
+    if match["reference"] is not None:
+        return ("GET", "HEAD", "PUT", "DELETE")
+    if match["upload"] == "":
+        return ("POST",)
+    if match["upload"] is not None:
+        return ("GET", "PATCH", "PUT", "DELETE")
+    if match["digest"] is not None:
+        return ("GET", "HEAD", "DELETE")
+    return ("GET",)  # tags/list and referrers
+
+
+def _ask_for_mount_source(request: Request, error: Unauthorized) -> None:
+    """A mount needs pull on the source repository too: a challenge that asks for both scopes lets a
+    client fetch one token that covers the mount, instead of falling back to a full upload."""
+    source = request.param("from")
+    extra = error.extra
+    if request.param("mount") is None or not source or not isinstance(extra, dict) or not extra.get("scope"):
+        return
+    try:
+        source = validate_name(source)
+    except RegistryError:
+        return
+    extra["scope"] = f"{extra['scope']} repository:{source}:pull"
