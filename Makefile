@@ -18,6 +18,9 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
+	@echo "The command line is $(BIN)/shipyard; in another terminal, for example:"
+	@echo "  export SHIPYARD_REGISTRY=http://127.0.0.1:5000 SHIPYARD_USER=admin"
+	@echo "  $(BIN)/shipyard accounts list"
 	$(BIN)/shipyard serve
 
 system-packages:

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = url.partition(":")[0].partition("+")[0].lower()
+        if scheme not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {scheme!r}: give sqlite:///PATH or postgresql://...")
+        return url
 
     @property
     def resolved_database_url(self) -> str:

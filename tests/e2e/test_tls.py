@@ -292,3 +292,20 @@ def test_docker_over_https(
     assert f"Digest: {pushed}" in out
     assert docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() == image.config.digest
     docker("rmi", ref)
+
+
+def test_the_cli_suggests_cacert_and_works_with_it(
+    registry: TlsRegistry, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipyard.cli.main import main
+
+    monkeypatch.setenv("SHIPYARD_PASSWORD", "wrong-but-never-sent")
+    assert main(["whoami", "--registry", registry.url, "-u", "admin"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "--cacert FILE" in err and "TLS certificate" in err
+    cacert = str(registry.certs.ca_cert)
+    code = main(["whoami", "--registry", registry.url, "-u", "admin", "--cacert", cacert])
+    err = capsys.readouterr().err
+    # the server is trusted now, and refuses the password
+    assert code == 1 and "UNAUTHORIZED" in err and "certificate" not in err

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import inspect
@@ -16,6 +18,7 @@ from shipyard.cli.main import main
 from shipyard.config import Settings
 from shipyard.db import migrate
 from shipyard.db.engine import make_engine
+from shipyard.domain.errors import Unauthorized
 from tests.support.postgres import PostgresServer
 
 
@@ -35,6 +38,35 @@ def printed(output: str) -> dict[str, str]:
 # -- config check --------------------------------------------------------------------------------
 
 
+def test_config_check_connects_and_says_what_fails_in_one_line(
+    capsys: pytest.CaptureFixture[str], postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database()
+    assert main(["config", "check", "--database-url", url, "--data-dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "database: ok" in out and "blob store: ok" in out
+    assert "schema of" in out and "is behind" in out  # never migrated: serve or migrate will do it
+    # a port where nothing listens: one line naming the database, no traceback
+    bad = f"postgresql://postgres:hidden@127.0.0.1:{postgres.port + 1}/nowhere"
+    assert main(["config", "check", "--database-url", bad]) == 1
+    out, err = capsys.readouterr()
+    [line] = [line for line in out.splitlines() if line.startswith("database:")]
+    assert line.startswith("database: cannot use postgresql://postgres:***@127.0.0.1:")
+    assert "hidden" not in out + err and "Traceback" not in out + err
+    assert "NOT usable" in err
+
+
+def test_config_check_reports_a_blob_store_it_cannot_write(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SHIPYARD_STORAGE_PATH", str(blocker / "x"))
+    assert main(["config", "check", "--data-dir", str(tmp_path / "d")]) == 1
+    out = capsys.readouterr().out
+    assert f"blob store: {blocker / 'x'} cannot be created: {blocker} is not a directory" in out
+
+
 def test_config_check_prints_the_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["config", "check"]) == 0
     out, err = capsys.readouterr()
@@ -42,7 +74,7 @@ def test_config_check_prints_the_defaults(capsys: pytest.CaptureFixture[str], tm
     assert values["port"] == "5000"
     assert values["storage_backend"] == "filesystem"
     assert values["data_dir"] == "data"
-    assert f"database: sqlite:///{tmp_path.resolve() / 'data' / 'shipyard.db'}" in out
+    assert f"database: ok (sqlite:///{tmp_path.resolve() / 'data' / 'shipyard.db'})" in out
     assert out.rstrip().endswith("configuration is valid")
     assert err == ""
     assert not (tmp_path / "data").exists()  # checking creates nothing
@@ -76,11 +108,11 @@ def test_config_check_reads_the_file_named_by_the_environment(
 def test_config_check_hides_the_database_password(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SHIPYARD_DATABASE_URL", "postgresql://shipyard:s3cret@db.example:5432/shipyard")
-    assert main(["config", "check"]) == 0
-    out = capsys.readouterr().out
-    assert "s3cret" not in out
-    assert "postgresql://shipyard:***@db.example:5432/shipyard" in out
+    monkeypatch.setenv("SHIPYARD_DATABASE_URL", "postgresql://shipyard:s3cret@127.0.0.1:1/shipyard")
+    assert main(["config", "check"]) == 1  # nothing answers on port 1
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err
+    assert "postgresql://shipyard:***@127.0.0.1:1/shipyard" in out
 
 
 @pytest.mark.parametrize(
@@ -90,6 +122,7 @@ def test_config_check_hides_the_database_password(
         ([], {"SHIPYARD_STORAGE_BACKEND": "s3"}, ["storage_backend", "SHIPYARD_STORAGE_BACKEND"]),
         ([], {"SHIPYARD_PORT": "http"}, ["port", "SHIPYARD_PORT"]),
         ([], {"SHIPYARD_THREADS": "0"}, ["threads", "SHIPYARD_THREADS"]),
+        (["--database-url", "mysql://u:p@h/db"], {}, ["database_url", "unsupported database 'mysql'"]),
         (["--config", "missing.toml"], {}, ["config file not found: missing.toml"]),
         ([], {"SHIPYARD_CONFIG_FILE": "missing.toml"}, ["config file not found: missing.toml"]),
     ],
@@ -222,3 +255,60 @@ def test_purge_uploads_defaults_to_the_configured_age(
     assert main(["purge-uploads", "--data-dir", str(data_dir)]) == 0
     assert "purged 0 abandoned uploads older than 60 s" in capsys.readouterr().out
     assert upload_exists(data_dir, upload_id)
+
+
+def test_migrate_takes_percent_escapes_in_the_url(
+    capsys: pytest.CaptureFixture[str], postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A password with an escaped '@' and a socket directory in ?host= used to crash Alembic's config."""
+    name = postgres.create_database().rsplit("/", 1)[1]
+    sockets = quote(str(postgres.root / "sockets"), safe="")
+    url = f"postgresql://postgres:p%40ss%25w0rd@/{name}?host={sockets}&port={postgres.port}"
+    assert main(["migrate", "--data-dir", str(tmp_path / "data"), "--database-url", url]) == 0
+    out, err = capsys.readouterr()
+    assert "is up to date" in out, err
+    assert "p%40ss" not in out and "p@ss" not in out
+
+
+def test_admin_reset_password_works_offline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    app = build(Settings(data_dir=data), run_migrations=True)
+    try:
+        assert app.identity is not None
+        app.identity.bootstrap("the-lost-password")
+    finally:
+        app.close()
+    assert main(["admin", "reset-password", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    generated = out.split("shown once:\n")[1].split()[0]
+    monkeypatch.setattr("sys.stdin", io.StringIO("chosen-password-9\n"))
+    assert main(["admin", "reset-password", "--data-dir", str(data), "--password-stdin"]) == 0
+    assert "the password of admin is reset" in capsys.readouterr().out
+    app = build(Settings(data_dir=data))
+    try:
+        identity = app.identity
+        assert identity is not None
+        assert identity.login("admin", "chosen-password-9", "test").login == "admin"
+        for stale in ("the-lost-password", generated):
+            with pytest.raises(Unauthorized):
+                identity.login("admin", stale, "test")
+    finally:
+        app.close()
+    assert main(["admin", "reset-password", "--data-dir", str(data), "--user", "nobody"]) == 1
+    assert capsys.readouterr().err == "shipyard: no user 'nobody'\n"
+
+
+def test_the_banner_points_clients_at_a_host_they_can_reach() -> None:
+    from shipyard.cli.main import _banner
+
+    text = _banner(Settings(host="0.0.0.0", port=5123), "first-password")
+    assert "0.0.0.0" not in text
+    assert "podman login --tls-verify=false -u admin 127.0.0.1:5123" in text
+    assert "SHIPYARD_REGISTRY=http://127.0.0.1:5123 SHIPYARD_USER=admin shipyard accounts list" in text
+    assert "first-password" in text
+    tls = _banner(Settings(host="::", port=5123, tls_cert=Path("c.pem"), tls_key=Path("k.pem")), None)
+    assert "podman login --cert-dir CADIR -u admin [::1]:5123" in tls
+    assert "--tls-verify=false" not in tls and "https://[::1]:5123" in tls
+    assert "--cacert ./certs/ca.crt" in tls

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +37,44 @@ def test_whoami_prints_a_table(cli: ManageCli) -> None:
     assert header.split() == ["LOGIN", "ACCOUNT", "KIND", "ROLE", "SUPERUSER"]
     assert row.split() == ["admin", "admin", "user", "admin", "True"]
     assert cli.json("whoami")["superuser"] is True
+
+
+def test_errors_are_one_line_with_the_servers_detail(cli: ManageCli) -> None:
+    code, out, err = cli.run("accounts", "delete", "nosuch")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1, err
+    assert "nosuch" in err and "404" in err
+    code, _, err = cli.run("repos", "show", "nosuch/app")
+    assert code == 1 and "nosuch/app" in err and err.count("\n") == 1
+
+
+def test_no_terminal_and_no_password_is_one_line(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHIPYARD_PASSWORD", raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal, as under CI or a pipe
+    assert main(["whoami", "--registry", server.url, "-u", "admin"]) == 1
+    err = capsys.readouterr().err
+    assert err == "shipyard: no terminal to ask for the password of admin: set SHIPYARD_PASSWORD\n"
+
+
+def test_a_reader_that_goes_away_is_no_traceback(server: ServerProcess) -> None:
+    """`shipyard audit list | head -1`: the pipe closes while the CLI still writes."""
+    env = {**os.environ, "SHIPYARD_PASSWORD": ADMIN_PASSWORD, "SHIPYARD_REGISTRY": server.url}
+    env["SHIPYARD_USER"] = "admin"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shipyard", "audit", "list", "--limit", "1000", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the answer arrives: every write of the CLI meets a closed pipe
+    with process.stderr:
+        err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert "Traceback" not in err and "Exception" not in err, err
+    assert err == ""
 
 
 def test_bad_credentials_and_missing_registry(cli: ManageCli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,14 +94,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _client_host(host: str) -> str:
+    """A host a client can connect to: a wildcard address is where the server listens, not a
+    destination, so clients on this machine are pointed at loopback."""
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def _banner(settings: Settings, admin_password: str | None) -> str:
-    address = f"{settings.host}:{settings.port}"
-    scheme = "https" if settings.tls_cert else "http"
+    address = f"{_client_host(settings.host)}:{settings.port}"
+    tls = settings.tls_cert is not None
+    scheme = "https" if tls else "http"
     lines = [
         f"Shipyard {__version__} on {scheme}://{address} "
         f"(database {_redacted(settings.resolved_database_url)}, blobs in {settings.resolved_storage_path})"
     ]
-    insecure = "" if settings.tls_cert else " --tls-verify=false"
+    if settings.host in ("0.0.0.0", "::"):
+        lines.append(f"  (on every address: other machines use this machine's name, port {settings.port})")
+    # podman, skopeo and buildah trust a CA given with --cert-dir: a directory holding the CA's ca.crt
+    # and no other key (a lone .key there is taken for a client certificate's); plain HTTP needs
+    # --tls-verify=false; docker trusts 127.0.0.0/8 over HTTP by default
+    flag = " --cert-dir CADIR" if tls else " --tls-verify=false"
+    skopeo_flag = " --dest-cert-dir CADIR" if tls else " --dest-tls-verify=false"
     if settings.insecure_no_auth:
         lines.append("WARNING: authentication is OFF (--insecure-no-auth): anyone can push, pull and delete.")
     else:
@@ -111,14 +128,19 @@ def _banner(settings: Settings, admin_password: str | None) -> str:
                 f"shown once:\n    {admin_password}"
             )
         lines.append("Log in, then push and pull, for example:")
-        lines.append(f"  podman login{insecure} -u admin {address}")
-        lines.append(f"  skopeo login{insecure} -u admin {address}")
+        if tls:
+            lines.append("  (CADIR: a directory holding a copy of the CA certificate as ca.crt)")
+        lines.append(f"  podman login{flag} -u admin {address}")
+        lines.append(f"  skopeo login{flag} -u admin {address}")
         lines.append(f"  docker login -u admin {address}")
-    lines.append(
-        f"  skopeo copy --dest-tls-verify={'true' if settings.tls_cert else 'false'} "
-        f"oci:./layout:latest docker://{address}/admin/myapp:latest"
-    )
-    lines.append(f"  podman push{insecure} myapp:latest {address}/admin/myapp:latest")
+    lines.append(f"  skopeo copy{skopeo_flag} oci:./layout:latest docker://{address}/admin/myapp:latest")
+    lines.append(f"  podman push{flag} myapp:latest {address}/admin/myapp:latest")
+    if not settings.insecure_no_auth:
+        cacert = " --cacert ./certs/ca.crt" if tls else ""
+        lines.append(
+            f"Manage accounts and repositories with the CLI: SHIPYARD_REGISTRY={scheme}://{address} "
+            f"SHIPYARD_USER=admin shipyard accounts list{cacert}"
+        )
     return "\n".join(lines)
 
 
@@ -172,15 +194,18 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_login_password(args: argparse.Namespace) -> int:
     import base64
-    import getpass
     import json
     import ssl
     import urllib.error
     import urllib.request
 
-    password = (
-        args.password or os.environ.get("SHIPYARD_PASSWORD") or getpass.getpass(f"password for {args.user}: ")
-    )
+    from shipyard.cli.manage import ApiError, read_password, unreachable
+
+    try:
+        password = args.password or read_password(args.user)
+    except ApiError as exc:
+        print(f"shipyard: {exc}", file=sys.stderr)
+        return 2
     request = urllib.request.Request(
         args.registry.rstrip("/") + "/api/v1/auth/login-password",
         method="POST",
@@ -192,10 +217,12 @@ def cmd_login_password(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
             document = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        print(
-            f"shipyard: the registry refused: {exc.code} {exc.read().decode(errors='replace')}",
-            file=sys.stderr,
-        )
+        from shipyard.cli.manage import _message
+
+        print(f"shipyard: the registry refused: {_message(exc.read())}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"shipyard: {unreachable(args.registry, exc)}", file=sys.stderr)
         return 1
     if args.quiet:
         print(document["password"])
@@ -231,8 +258,113 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         if name == "database_url" and value:
             value = _redacted(value)
         print(f"{name} = {value}")
-    print(f"database: {_redacted(settings.resolved_database_url)}")
+    failures = 0
+    checks = (
+        ("database", _database_problem(settings), _redacted(settings.resolved_database_url)),
+        ("blob store", _storage_problem(settings), settings.storage_backend),
+    )
+    for what, problem, where in checks:
+        print(f"{what}: {problem or f'ok ({where})'}")
+        failures += problem is not None
+    if failures:
+        print("configuration is NOT usable", file=sys.stderr)
+        return 1
     print("configuration is valid")
+    return 0
+
+
+def _database_problem(settings: Settings) -> str | None:
+    """Why the database cannot serve (unreachable, refused, or migrations behind), or None."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import make_url
+
+    from shipyard.db import migrate
+    from shipyard.db.engine import make_engine
+
+    url = make_url(settings.resolved_database_url)
+    shown = _redacted(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        # checking creates nothing: the first start makes the file, in a directory it must be able to make
+        problem = _directory_problem(Path(url.database).parent)
+        if problem is None:
+            print(f"note: {shown} does not exist yet; `shipyard serve` or `shipyard migrate` creates it")
+        return problem
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        # a host that does not answer would otherwise hold the check for the system's TCP timeout
+        url = url.update_query_dict({"connect_timeout": "5"})
+    engine = make_engine(url.render_as_string(hide_password=False), pool_size=1)
+    try:
+        pending = migrate.pending(engine)
+    except sa_exc.SQLAlchemyError as exc:
+        return f"cannot use {shown}: {_first_line(exc)}"
+    finally:
+        engine.dispose()
+    if pending:
+        print(f"note: the schema of {shown} is behind; `shipyard migrate` or `shipyard serve` updates it")
+    return None
+
+
+def _storage_problem(settings: Settings) -> str | None:
+    if settings.storage_backend != "filesystem":
+        return None
+    return _directory_problem(settings.resolved_storage_path)
+
+
+def _directory_problem(root: Path) -> str | None:
+    """Why `root` cannot be used (or created) as a directory to write in, or None."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{root} cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{root} is not writable (checked {existing})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return text[0] if text else type(inner).__name__
+
+
+def cmd_admin_reset_password(args: argparse.Namespace) -> int:
+    """Offline, on the database: a lost admin password is replaced without a running server."""
+    from shipyard.app import build
+    from shipyard.auth.credentials import hash_secret, new_secret
+
+    settings = _settings(args)
+    _configure_logging(settings)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < 8:
+            print("shipyard: the new password must have at least 8 characters", file=sys.stderr)
+            return 2
+    else:
+        password = new_secret(18)
+    app = build(settings, run_migrations=True)
+    try:
+        if app.identity is None:
+            print("shipyard: authentication is off (insecure_no_auth): there is no password", file=sys.stderr)
+            return 2
+        accounts = app.identity.accounts
+        found = accounts.get_principal(args.user)
+        if found is None or found[0].kind != "user":
+            print(f"shipyard: no user {args.user!r}", file=sys.stderr)
+            return 1
+        # a new generation ends the login passwords issued under the old password
+        accounts.update_principal(args.user, secret_hash=hash_secret(password), bump_generation=True)
+        accounts.audit(
+            "password-reset",
+            principal=args.user,
+            source="cli@local",
+            action="reset-password",
+            reason="offline reset",
+        )
+    finally:
+        app.close()
+    if args.password_stdin:
+        print(f"the password of {args.user} is reset")
+    else:
+        print(f"new password of {args.user}, shown once:\n    {password}")
     return 0
 
 
@@ -292,6 +424,19 @@ def parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", type=int, help="seconds (default: upload_max_age_seconds)")
     purge.set_defaults(func=cmd_purge_uploads)
 
+    admin = sub.add_parser("admin", help="offline administration, on the database")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    reset = admin_sub.add_parser(
+        "reset-password",
+        help="give a user (default admin) a new password; works with the server stopped or running",
+    )
+    common(reset)
+    reset.add_argument("--user", default="admin", help="the user's login (default admin)")
+    reset.add_argument(
+        "--password-stdin", action="store_true", help="read the new password from stdin (else generate one)"
+    )
+    reset.set_defaults(func=cmd_admin_reset_password)
+
     keys = sub.add_parser("keys", help="token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     for name, text in (
@@ -328,7 +473,33 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at interpreter exit
+        return code
     except SettingsError as exc:
         print(f"shipyard: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more to say, and nowhere to say it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # a person reads this: one line, and the traceback only when they ask for it
+        log.debug("the command failed", exc_info=True)
+        print(f"shipyard: {_failure(exc)}", file=sys.stderr)
+        if not log.isEnabledFor(logging.DEBUG):
+            print("shipyard: (SHIPYARD_LOG_LEVEL=debug shows the details)", file=sys.stderr)
+        return 1
+
+
+def _failure(exc: Exception) -> str:
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return f"the database failed: {_first_line(exc)}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return _first_line(exc) if str(exc) else type(exc).__name__

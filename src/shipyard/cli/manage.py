@@ -29,8 +29,10 @@ AUDIT_LIMIT = 100
 
 
 class ApiError(Exception):
+    """A failed call, as one line for a person: the server's detail, or why it could not be asked."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status} {message}")
+        super().__init__(f"{message}, HTTP {status}" if status else message)
         self.status = status
 
 
@@ -74,8 +76,34 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _message(exc.read())) from None
         except urllib.error.URLError as exc:
-            raise ApiError(0, f"cannot reach {self.base}: {exc.reason}") from None
+            raise ApiError(0, unreachable(self.base, exc)) from None
+        except OSError as exc:  # a reset or a timeout mid-answer
+            raise ApiError(0, f"{self.base} did not answer: {exc}") from None
         return (json.loads(raw) if raw else None), link
+
+
+def unreachable(base: str, exc: urllib.error.URLError) -> str:
+    """One line on why the registry could not be reached, with the remedy for a certificate that is
+    not trusted (the CA of `shipyard certs` is not in the system's store)."""
+    if isinstance(exc.reason, ssl.SSLCertVerificationError):
+        return (
+            f"cannot verify the TLS certificate of {base} ({exc.reason.verify_message}): "
+            "give --cacert FILE with the CA certificate that signed it (e.g. certs/ca.crt)"
+        )
+    return f"cannot reach {base}: {exc.reason}"
+
+
+def read_password(user: str) -> str:
+    """SHIPYARD_PASSWORD, else a prompt on the terminal; without a terminal, say what to do."""
+    password = os.environ.get("SHIPYARD_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise ApiError(0, f"no terminal to ask for the password of {user}: set SHIPYARD_PASSWORD")
+    try:
+        return getpass.getpass(f"password for {user}: ")
+    except EOFError:
+        raise ApiError(0, f"no password given for {user}: set SHIPYARD_PASSWORD") from None
 
 
 def _positive(text: str) -> int:
@@ -97,11 +125,21 @@ def _next_page(link: str | None) -> str | None:
 
 
 def _message(raw: bytes) -> str:
+    """The server's own words: the detail of each error (what exactly is wrong), else its message."""
     try:
         errors = json.loads(raw)["errors"]
-        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-    except (ValueError, KeyError, TypeError):
+        return "; ".join(f"{_detail(e) or e.get('message')} ({e.get('code')})" for e in errors)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return raw.decode(errors="replace")[:500]
+
+
+def _detail(error: dict[str, Any]) -> str | None:
+    detail = error.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict | list) and detail:
+        return json.dumps(detail)
+    return None
 
 
 def _q(value: str) -> str:
@@ -268,10 +306,9 @@ def run(args: argparse.Namespace) -> int:
     if not user:
         print("shipyard: give -u/--user or set SHIPYARD_USER", file=sys.stderr)
         return 2
-    password = os.environ.get("SHIPYARD_PASSWORD") or getpass.getpass(f"password for {user}: ")
-    client = Client(registry, user, password, args.cacert)
     action = getattr(args, "action", "") or ""
     try:
+        client = Client(registry, user, read_password(user), args.cacert)
         document = COMMANDS[args.command][action](client, args)
     except ApiError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
