@@ -285,16 +285,20 @@ def make_image(layers: int, seed: str, layer_bytes: int = 1024) -> ImageBlobs:
     return ImageBlobs(config, layer_blobs, json.dumps(manifest, indent=3).encode())
 
 
+def basic_authorization(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def fetch_token(url: str, user: str, password: str, scope: str) -> str:
     """A registry token from Shipyard's /token endpoint (Docker token flow, Basic credentials)."""
-    import base64
     import urllib.parse
     import urllib.request
 
     query = urllib.parse.urlencode({"service": "shipyard", "scope": scope})
     request = urllib.request.Request(f"{url.rstrip('/')}/token?{query}")
-    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {basic}")
+    request.add_header("Authorization", basic_authorization(user, password))
     with urllib.request.urlopen(request, timeout=30) as response:
         token = json.loads(response.read())["token"]
     if not isinstance(token, str):

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import tools
-from bench.client import MANIFEST_ACCEPT, ImageBlobs, Registry, fetch_token, make_image, sha256_digest
+from bench.client import (
+    MANIFEST_ACCEPT,
+    ImageBlobs,
+    Registry,
+    basic_authorization,
+    fetch_token,
+    make_image,
+    sha256_digest,
+)
 from bench.config import AUTH_SERVER, GiB, MiB, Sizes
 from bench.servers import ADMIN_PASSWORD, ADMIN_USER, Server
 
@@ -228,6 +236,14 @@ def seed_auth(bench: Bench) -> None:
     server = bench.servers.get(AUTH_SERVER)
     if server is None:
         return
+    # a push needs an account for its namespace
+    admin = Registry(server.url, authorization=basic_authorization(ADMIN_USER, ADMIN_PASSWORD))
+    namespace = APP_REPO.split("/")[0].encode()
+    created = admin.request(
+        "POST", "/api/v1/accounts", b'{"name": "' + namespace + b'"}', {"content-type": "application/json"}
+    )
+    if created.status not in (201, 409):
+        raise RuntimeError(f"{server.name}: creating the account {namespace.decode()}: HTTP {created.status}")
     client = Registry(server.url, authorization=f"Bearer {bench.token(server, 'pull,push')}")
     bench.app.push(client, APP_REPO, APP_TAG)
     pulled = Registry(server.url, authorization=f"Bearer {bench.token(server)}")
