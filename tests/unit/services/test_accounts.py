@@ -14,7 +14,7 @@ from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.accounts import PrincipalRecord
 from shipyard.domain.errors import Denied, NameInvalid, RequestInvalid
-from shipyard.services.accounts import AccountService
+from shipyard.services.accounts import AccountService, OwnAccountPolicy
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_repositories_visibility_and_policies(
     assert service.get_repository(beta, "acme/app").actions == {"pull"}
     with pytest.raises(RequestInvalid):
         service.set_policy(acme_admin, "acme/app", "beta", frozenset({"delete"}))
-    with pytest.raises(RequestInvalid):
+    with pytest.raises(OwnAccountPolicy):  # the request is well formed: the repository's state refuses it
         service.set_policy(acme_admin, "acme/app", "acme", frozenset({"pull"}))
     with pytest.raises(NotFound):
         service.set_policy(acme_admin, "acme/app", "nobody", frozenset({"pull"}))
