@@ -85,8 +85,11 @@ class AuthApi:
                 headers["retry-after"] = str(error.retry_after)
             await respond(send, status_for(error), headers, body_for(error))
         except ClientDisconnected:
-            # the client went away mid-body: nothing to answer, and not the server's fault
-            log.debug("client disconnected during %s %s", request.method, request.path)
+            # not the server's fault: no error in the log. A client that only half-closed still
+            # listens, and is told, instead of the server's stand-in 500 for an unanswered request
+            log.info("client went away during %s %s", request.method, request.path)
+            body = error_body("UNSUPPORTED", "the request body ended before its declared length")
+            await respond(send, 400, {"content-type": JSON}, body)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             await respond(send, 500, {"content-type": JSON}, error_body("UNKNOWN", "internal server error"))
