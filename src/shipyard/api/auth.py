@@ -127,7 +127,8 @@ class AuthApi:
         if denied:
             who = principal.login if principal else "anonymous"
             await self._run(
-                lambda: self.identity.audit(
+                # anyone may ask for any scope at any rate: aggregated as failures are
+                lambda: self.identity.audit_failure(
                     "scope-denied",
                     principal=who,
                     source=source_of(request.scope),

@@ -109,7 +109,8 @@ class IdentityService:
     def audit_failure(
         self, event: str, *, principal: str | None, source: str | None, action: str | None, reason: str
     ) -> None:
-        """A failed login or a refused token: aggregated, as anyone can send them at any rate."""
+        """A failed login, a refused token or a denied request: aggregated (see FailedAuthAudit), as
+        anyone can cause them at any rate."""
         self.failed_auth.record(event, principal=principal, source=source, action=action, reason=reason)
 
     def _write_audit(
@@ -413,7 +414,8 @@ class TokenAccess:
         if isinstance(identity, TokenIdentity) and identity.has_token:
 
             def record() -> None:
-                self.identity.audit(
+                # anonymous tokens are free: aggregated as failures are
+                self.identity.audit_failure(
                     "access-denied",
                     principal=identity.subject or "anonymous",
                     source=identity.source,
