@@ -3,6 +3,7 @@ strict and says why it refused."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from shipyard.auth.keys import KeyRing
+from shipyard.auth.keys import KeyRing, b64url_decode
 from shipyard.auth.scopes import Scope, ScopeInvalid
 
 ALGORITHM = "EdDSA"
@@ -96,12 +97,14 @@ def issue(
 def verify(keys: KeyRing, token: str, *, issuer: str, audience: str, now: float | None = None) -> Claims:
     if not _COMPACT.fullmatch(token):
         raise TokenRejected("not a compact JWS" if token.count(".") != 2 else "undecodable token")
+    # The header is read here, once, to pick the key: the library's own header reader would check
+    # the whole token's alphabet a second time, a third of the cost of a verification.
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.DecodeError as exc:
-        raise TokenRejected(_decode_reason(exc)) from None
-    except jwt.InvalidTokenError:  # a `crit` the library does not support
-        raise TokenRejected("unexpected header parameters") from None
+        header = json.loads(b64url_decode(token.partition(".")[0]))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenRejected("undecodable token") from None
+    if not isinstance(header, dict):
+        raise TokenRejected("header and payload must be objects")
     # Only EdDSA: `none`, HMAC with a public key as the secret, and every other algorithm are refused
     # before the library sees the token, and the library is told the same.
     if header.get("alg") != ALGORITHM:
@@ -135,7 +138,7 @@ def verify(keys: KeyRing, token: str, *, issuer: str, audience: str, now: float 
         raise TokenRejected("missing or malformed registered claims") from None
     except jwt.DecodeError as exc:
         raise TokenRejected(_decode_reason(exc)) from None
-    except jwt.InvalidTokenError as exc:
+    except jwt.InvalidTokenError as exc:  # e.g. a `crit` header, had it passed the check above
         raise TokenRejected(f"invalid token: {exc}") from None
     return _claims(payload, audience, time.time() if now is None else now)
 
