@@ -135,6 +135,8 @@ def build(
         # changes to principals made by other processes; a lookup refreshes a view older than max_age
         view = identity.principals
         periodic.every(max(0.5, view.max_age / 2), view.refresh, "principal-view")
+        if identity.failed_auth.window > 0:
+            periodic.every(identity.failed_auth.window, identity.failed_auth.flush, "failed-auth-audit")
     context = Context(
         registry,
         policy,
@@ -152,7 +154,12 @@ def build(
         ),
         # the PostgreSQL manifest cache is on only while a listener hears other processes' changes
         on_startup=[periodic.start, metadata.watch_changes],
-        on_shutdown=[periodic.stop, metadata.stop_watching, registry.pulls.flush],
+        on_shutdown=[
+            periodic.stop,
+            metadata.stop_watching,
+            registry.pulls.flush,
+            *([] if identity is None else [identity.shutdown]),
+        ],
     )
     return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
 
@@ -164,6 +171,13 @@ def make_identity(settings: Settings, engine: Engine) -> IdentityService:
         token_lifetime=settings.token_lifetime_seconds,
         login_password_lifetime=settings.login_password_lifetime_seconds,
         principal_max_age=settings.principal_max_age_seconds,
+        max_failures=settings.login_max_failures,
+        max_source_failures=settings.login_max_source_failures,
+        failure_window=settings.login_failure_window_seconds,
+        limiter_max_entries=settings.login_limiter_max_entries,
+        hash_workers=settings.login_hash_workers,
+        hash_max_waiting=settings.login_hash_max_waiting,
+        failed_auth_window=settings.failed_auth_audit_window_seconds,
     )
     longest = max(config.token_lifetime, config.login_password_lifetime, config.refresh_lifetime)
     try:

@@ -80,6 +80,32 @@ class Settings(BaseSettings):
             "least this often for changes made by other workers or processes"
         ),
     )
+    login_max_failures: int = Field(
+        10, ge=1, le=100_000, description="failed logins per (login, source) within the window before 429"
+    )
+    login_max_source_failures: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="failed logins per source, any logins, within the window before 429",
+    )
+    login_failure_window_seconds: float = Field(
+        300.0, gt=0, le=86400, description="the sliding window of the failed-login limits"
+    )
+    login_limiter_max_entries: int = Field(
+        50_000, ge=100, le=10_000_000, description="(login, source) pairs and sources the limiter keeps"
+    )
+    login_hash_workers: int = Field(2, ge=1, le=64, description="threads per worker that hash passwords")
+    login_hash_max_waiting: int = Field(
+        8, ge=0, le=10_000, description="logins that may wait for a hashing thread; past it, 429 at once"
+    )
+    failed_auth_audit_window_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="failed logins and refused tokens are audited once per source and reason per window, "
+        "with a count; 0 writes each",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
 

@@ -167,6 +167,8 @@ def make_auth_registry(
     request: pytest.FixtureRequest, data_dir: Path, database: str, **settings: Any
 ) -> Iterator[AuthRegistry]:
     url = database_url(database, request, data_dir)
+    # these tests look at each audit event; the aggregation has tests of its own against a server
+    settings.setdefault("failed_auth_audit_window_seconds", 0)
     app = build(
         Settings(data_dir=data_dir, database_url=url, admin_password="pw", **settings), run_migrations=True
     )

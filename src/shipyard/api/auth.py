@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from shipyard.api.errors import body_for, error_body, status_for
-from shipyard.api.http import JSON, Request, respond, respond_json
+from shipyard.api.http import JSON, ClientDisconnected, Request, respond, respond_json
 from shipyard.api.types import Receive, Scope, Send
+from shipyard.auth.limiter import LoginThrottled
 from shipyard.auth.scopes import Scope as AccessScope
 from shipyard.auth.scopes import ScopeInvalid, parse_scopes
 from shipyard.domain.accounts import PrincipalRecord
@@ -46,7 +47,8 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     login, sep, secret = decoded.partition(":")
-    return (login, secret) if sep else None
+    # the database refuses NUL in a string (PostgreSQL): it is no one's name
+    return (login, secret) if sep and "\x00" not in login else None
 
 
 class AuthApi:
@@ -79,7 +81,15 @@ class AuthApi:
             headers = {"content-type": JSON}
             if isinstance(error, Unauthorized):
                 headers["www-authenticate"] = f'Basic realm="{self.identity.config.service}"'
+            if isinstance(error, LoginThrottled):
+                headers["retry-after"] = str(error.retry_after)
             await respond(send, status_for(error), headers, body_for(error))
+        except ClientDisconnected:
+            # not the server's fault: no error in the log. A client that only half-closed still
+            # listens, and is told, instead of the server's stand-in 500 for an unanswered request
+            log.info("client went away during %s %s", request.method, request.path)
+            body = error_body("UNSUPPORTED", "the request body ended before its declared length")
+            await respond(send, 400, {"content-type": JSON}, body)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             await respond(send, 500, {"content-type": JSON}, error_body("UNKNOWN", "internal server error"))
@@ -117,7 +127,8 @@ class AuthApi:
         if denied:
             who = principal.login if principal else "anonymous"
             await self._run(
-                lambda: self.identity.audit(
+                # anyone may ask for any scope at any rate: aggregated as failures are
+                lambda: self.identity.audit_failure(
                     "scope-denied",
                     principal=who,
                     source=source_of(request.scope),
@@ -136,10 +147,13 @@ class AuthApi:
         await respond_json(send, 200, _token_document(issued), {"cache-control": "no-store"})
 
     async def _token_post(self, request: Request, send: Send) -> None:
+        declared = request.content_length()
+        if declared is not None and declared > _MAX_FORM:
+            raise _BadRequest("form too large")
         raw = await request.body(_MAX_FORM)
         if raw is None:
             raise _BadRequest("form too large")
-        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        form = _form(raw)
         self._check_service(form.get("service"))
         scopes = self._scopes([form.get("scope", "")])
         grant = form.get("grant_type")
@@ -172,6 +186,29 @@ class AuthApi:
         await respond(
             send, 200, {"content-type": JSON, "cache-control": "no-store"}, json.dumps(document).encode()
         )
+
+
+def _form(raw: bytes) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body, strictly: 400 for anything else."""
+    try:
+        text = raw.decode("ascii")
+        fields = parse_qs(
+            text, keep_blank_values=True, strict_parsing=bool(text), errors="strict", max_num_fields=32
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest("the body is not a URL-encoded form") from None
+    form: dict[str, str] = {}
+    for name, values in fields.items():
+        # the database refuses NUL in a string (PostgreSQL): it is no one's name or token
+        if any("\x00" in value for value in values):
+            raise _BadRequest(f"form field {name!r} holds a NUL character")
+        if name == "scope":  # scopes are space-separated; some clients repeat the field instead
+            form[name] = " ".join(values)
+        elif len(values) != 1:
+            raise _BadRequest(f"form field {name!r} given more than once")
+        else:
+            form[name] = values[0]
+    return form
 
 
 def _covered(requested: AccessScope, granted: tuple[AccessScope, ...]) -> bool:

@@ -13,14 +13,17 @@ from typing import NoReturn
 
 from shipyard.auth import tokens
 from shipyard.auth.credentials import DUMMY_HASH, hash_secret, new_secret, verify_secret
+from shipyard.auth.hashing import HashingPool
 from shipyard.auth.keys import KeyRing
+from shipyard.auth.limiter import LoginLimiter
 from shipyard.auth.scopes import Scope, grants, merge
 from shipyard.auth.tokens import TokenRejected
 from shipyard.db.accounts import AccountStore
 from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
-from shipyard.domain.errors import NameInvalid, NameUnknown, TooManyRequests, Unauthorized
+from shipyard.domain.errors import NameInvalid, NameUnknown, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action, CatalogFilter, Identity
+from shipyard.services.failed_auth import MAX_NAME, FailedAuthAudit, truncate
 from shipyard.services.principals import PrincipalView
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,17 @@ class AuthConfig:
     login_password_lifetime: int = 12 * 3600
     # the fixed user name that goes with a login password, as ECR's "AWS"
     login_password_user: str = "shipyard"
+    # failed logins allowed per (login, source) and per source within failure_window seconds
     max_failures: int = 10
+    max_source_failures: int = 100
     failure_window: float = 300.0
+    # keys the limiter remembers; past it, the least recently failing are forgotten first
+    limiter_max_entries: int = 50_000
+    # argon2 runs on a pool of its own: this many at once, this many more waiting, the rest get 429
+    hash_workers: int = 2
+    hash_max_waiting: int = 8
+    # failed-auth audit events are written once per (event, source, reason) and window; 0: each one
+    failed_auth_window: float = 10.0
     # how old the in-memory principal view may get before a check refreshes it (see PrincipalView)
     principal_max_age: float = 5.0
 
@@ -60,37 +72,6 @@ class IssuedToken:
     refresh_token: str | None = None
 
 
-class LoginLimiter:
-    """Failed logins per (login, source) in a sliding window; past the limit, 429 until it slides."""
-
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: dict[tuple[str, str], list[float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, login: str, source: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get((login, source), []) if now - t < self.window]
-            if recent:
-                self._failures[(login, source)] = recent
-            else:
-                self._failures.pop((login, source), None)
-            if len(recent) >= self.max_failures:
-                raise TooManyRequests("too many failed logins; try again later")
-
-    def fail(self, login: str, source: str) -> None:
-        with self._lock:
-            self._failures.setdefault((login, source), []).append(time.monotonic())
-            if len(self._failures) > 100_000:  # bound memory under a spray of logins
-                self._failures.clear()
-
-    def succeed(self, login: str, source: str) -> None:
-        with self._lock:
-            self._failures.pop((login, source), None)
-
-
 @dataclass(frozen=True)
 class TokenIdentity(Identity):
     access: tuple[Scope, ...] = field(default=())
@@ -106,7 +87,14 @@ class IdentityService:
         self.accounts = accounts
         self.keys = keys
         self.config = config or AuthConfig()
-        self.limiter = LoginLimiter(self.config.max_failures, self.config.failure_window)
+        self.limiter = LoginLimiter(
+            self.config.max_failures,
+            self.config.failure_window,
+            max_source_failures=self.config.max_source_failures,
+            max_entries=self.config.limiter_max_entries,
+        )
+        self.hashing = HashingPool(self.config.hash_workers, self.config.hash_max_waiting)
+        self.failed_auth = FailedAuthAudit(self._write_audit, self.config.failed_auth_window)
         self.principals = PrincipalView(accounts, self.config.principal_max_age)
         self._verified: OrderedDict[str, tokens.Claims] = OrderedDict()
         self._verified_lock = threading.Lock()
@@ -115,6 +103,18 @@ class IdentityService:
 
     def audit(
         self, event: str, *, principal: str | None, source: str | None, action: str | None, reason: str
+    ) -> None:
+        self._write_audit(event, truncate(principal), source, action, reason)
+
+    def audit_failure(
+        self, event: str, *, principal: str | None, source: str | None, action: str | None, reason: str
+    ) -> None:
+        """A failed login, a refused token or a denied request: aggregated (see FailedAuthAudit), as
+        anyone can cause them at any rate."""
+        self.failed_auth.record(event, principal=principal, source=source, action=action, reason=reason)
+
+    def _write_audit(
+        self, event: str, principal: str | None, source: str | None, action: str | None, reason: str
     ) -> None:
         audit_log.warning(
             "%s principal=%s source=%s action=%s reason=%s",
@@ -128,6 +128,11 @@ class IdentityService:
             self.accounts.audit(event, principal=principal, source=source, action=action, reason=reason)
         except Exception:
             log.exception("could not write the audit event")
+
+    def shutdown(self) -> None:
+        """Write the counts of the failed-auth windows still open, and stop the hashing threads."""
+        self.failed_auth.flush(everything=True)
+        self.hashing.shutdown()
 
     # -- bootstrap -----------------------------------------------------------------------------
 
@@ -146,19 +151,22 @@ class IdentityService:
     # -- logins --------------------------------------------------------------------------------
 
     def login(self, login: str, secret: str, source: str) -> PrincipalRecord:
-        """Check Basic credentials: a user password, an access key, a robot secret or a login password."""
+        """Check Basic credentials: a user password, an access key, a robot secret or a login password.
+        LoginThrottled (429) when the limiter or the hashing pool refuses, before any hash is computed."""
         if login == self.config.login_password_user:
             return self._login_with_login_password(secret, source)
-        self.limiter.check(login, source)
+        # the limiter and the audit keep a cut name: a client may send a name of any length
+        name = login[:MAX_NAME]
+        self.limiter.check(name, source)
         principal, reason = self._check_credentials(login, secret)
         if principal is None:
-            self._login_failed(login, source, reason)
-        self.limiter.succeed(login, source)
+            self._login_failed(name, source, reason)
+        self.limiter.succeed(name, source)
         return principal
 
     def _login_failed(self, login: str, source: str, reason: str) -> NoReturn:
         self.limiter.fail(login, source)
-        self.audit("login-failed", principal=login, source=source, action="login", reason=reason)
+        self.audit_failure("login-failed", principal=login, source=source, action="login", reason=reason)
         raise InvalidCredentials("invalid credentials")
 
     def _login_with_login_password(self, secret: str, source: str) -> PrincipalRecord:
@@ -184,12 +192,14 @@ class IdentityService:
         return principal
 
     def _check_credentials(self, login: str, secret: str) -> tuple[PrincipalRecord | None, str]:
-        found = self.accounts.get_principal(login)
+        # no principal has such a name (the column holds 255; PostgreSQL refuses NUL): no query
+        found = None if len(login) > 255 or "\x00" in login else self.accounts.get_principal(login)
         if found is None:
-            verify_secret(DUMMY_HASH, secret)  # same cost as a real check: timing tells nothing
+            # same cost as a real check: timing tells nothing
+            self.hashing.run(verify_secret, DUMMY_HASH, secret)
             return None, "unknown principal"
         principal, secret_hash = found
-        if not verify_secret(secret_hash, secret):
+        if not self.hashing.run(verify_secret, secret_hash, secret):
             return None, "bad secret"
         if not principal.active:
             return None, "principal or account disabled"
@@ -242,11 +252,13 @@ class IdentityService:
                 self.keys, refresh_token, issuer=self.config.issuer, audience=f"{self.config.service}/refresh"
             )
         except TokenRejected as exc:
-            self.audit("refresh-failed", principal=None, source=source, action="refresh", reason=exc.reason)
+            self.audit_failure(
+                "refresh-failed", principal=None, source=source, action="refresh", reason=exc.reason
+            )
             raise Unauthorized("invalid refresh token") from None
         principal, reason = self.principal_for_token(claims)
         if principal is None:
-            self.audit(
+            self.audit_failure(
                 "refresh-failed", principal=claims.subject, source=source, action="refresh", reason=reason
             )
             raise Unauthorized("invalid refresh token")
@@ -371,7 +383,7 @@ class TokenAccess:
         """The audit event is written by whoever answers (see Unauthorized.record), off the event loop."""
 
         def record() -> None:
-            self.identity.audit(
+            self.identity.audit_failure(
                 "token-rejected", principal=principal, source=source, action=None, reason=reason
             )
 
@@ -404,7 +416,8 @@ class TokenAccess:
         if isinstance(identity, TokenIdentity) and identity.has_token:
 
             def record() -> None:
-                self.identity.audit(
+                # anonymous tokens are free: aggregated as failures are
+                self.identity.audit_failure(
                     "access-denied",
                     principal=identity.subject or "anonymous",
                     source=identity.source,
