@@ -112,7 +112,12 @@ def build(
         migrate.upgrade(engine)
     # the workers of this server share a manifest change counter here (see db/manifest_cache.py)
     metadata = MetadataStore(engine, change_file=settings.data_dir / "manifest-changes")
-    registry = RegistryService(metadata, make_blob_store(settings), delete_enabled=settings.delete_enabled)
+    registry = RegistryService(
+        metadata,
+        make_blob_store(settings),
+        delete_enabled=settings.delete_enabled,
+        max_blob_bytes=settings.max_blob_bytes,
+    )
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="shipyard-io")
     periodic = Periodic()
     periodic.every(settings.pull_flush_interval_seconds, registry.pulls.flush, "record-pulls")

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     delete_enabled: bool = Field(True, description="allow DELETE of manifests, tags and blobs")
     upload_max_age_seconds: int = Field(86400, ge=60, description="abandoned uploads are purged after this")
+    max_blob_bytes: int = Field(
+        64 * 1024**3, ge=1, description="largest blob an upload may grow to; larger ones get 413"
+    )
     upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")
     pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

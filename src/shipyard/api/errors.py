@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from shipyard.domain.errors import (
+    BlobTooLarge,
     ManifestReferenced,
     ManifestTooLarge,
     RangeInvalid,
@@ -38,6 +39,7 @@ STATUS_BY_ERROR: dict[type[RegistryError], int] = {
     RangeInvalid: 416,
     ManifestTooLarge: 413,
     ManifestReferenced: 409,
+    BlobTooLarge: 413,
     RequestInvalid: 400,
 }
 

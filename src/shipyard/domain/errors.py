@@ -84,6 +84,14 @@ class SizeInvalid(RegistryError):
     message = "provided length did not match content length"
 
 
+class BlobTooLarge(SizeInvalid):
+    """An upload that would grow past the registry's size limit (413). SIZE_INVALID rather than
+    BLOB_UPLOAD_INVALID: the spec gives BLOB_UPLOAD_INVALID to an upload that "can no longer proceed",
+    and this one can, at the offset it had before the refused request."""
+
+    message = "blob exceeds the size limit"
+
+
 class TagInvalid(RegistryError):
     # The spec has no TAG_INVALID code; an invalid tag is an invalid manifest reference.
     code = "MANIFEST_INVALID"

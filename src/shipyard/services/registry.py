@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.digest import Digest, Hasher, is_digest, new_hasher
 from shipyard.domain.errors import (
+    BlobTooLarge,
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -64,6 +65,9 @@ class UploadAppender:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._expected is not None and self._written + len(data) > self._expected:
             raise SizeInvalid("request body is longer than its declared length")
+        # a body without a length (chunked) is only known to be too large once it is
+        if self.offset + len(data) > self._service.max_blob_bytes:
+            raise self._service.too_large()
         self._writer.write(data)
         if self._hasher is not None:
             self._hasher.update(data)  # right after the write: the piece is still in the CPU cache
@@ -106,8 +110,10 @@ class RegistryService:
         *,
         delete_enabled: bool = True,
         pulls: PullRecorder | None = None,
+        max_blob_bytes: int = 64 * 1024**3,
     ) -> None:
         self.metadata = metadata
+        self.max_blob_bytes = max_blob_bytes
         self.blobs = blobs
         self.delete_enabled = delete_enabled
         self.pulls = pulls or PullRecorder(metadata)
@@ -203,6 +209,7 @@ class RegistryService:
         _check_still_at): then the database need not be asked."""
         remembered = self._remembered_state(repository, upload_id)
         if remembered is not None and start in (None, remembered.size):
+            self._check_room(remembered.size, length)
             writer = self._hold(upload_id, remembered.size)
             try:
                 still = self._staged_size_is(upload_id, remembered.size)
@@ -216,6 +223,7 @@ class RegistryService:
         state = self.upload_status(repository, upload_id)
         if start is not None and start != state.size:
             raise RangeInvalid(f"chunk starts at {start}, the upload stands at {state.size}")
+        self._check_room(state.size, length)
         writer = self._hold(upload_id, state.size)
         try:
             self._check_still_at(upload_id, state.size)
@@ -223,6 +231,14 @@ class RegistryService:
             writer.abort()
             raise
         return UploadAppender(self, state, writer, self._take_hasher(upload_id, state.size), length)
+
+    def _check_room(self, size: int, length: int | None) -> None:
+        """Refuse a declared length that would take the upload past the limit, before any byte is read."""
+        if length is not None and size + length > self.max_blob_bytes:
+            raise self.too_large()
+
+    def too_large(self) -> BlobTooLarge:
+        return BlobTooLarge(f"a blob may hold at most {self.max_blob_bytes} bytes")
 
     def _hold(self, upload_id: str, size: int) -> BlobWriter:
         """The upload's writer at `size`, which holds it (flock) until commit or abort."""

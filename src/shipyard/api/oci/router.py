@@ -70,7 +70,10 @@ class OciApi:
         except MethodNotAllowed as error:
             await self._error(request, send, 405, body_for(error), {"allow": error.allow})
         except RegistryError as error:
-            await self._error(request, send, status_for(error), body_for(error))
+            status = status_for(error)
+            # a refused body may be gigabytes still on their way: swallowing them would hold the worker
+            closing = {"connection": "close"} if status == 413 else None
+            await self._error(request, send, status, body_for(error), closing)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             await self._error(request, send, 500, error_body("UNKNOWN", "internal server error"))
