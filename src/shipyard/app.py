@@ -117,6 +117,7 @@ def build(
         make_blob_store(settings),
         delete_enabled=settings.delete_enabled,
         max_blob_bytes=settings.max_blob_bytes,
+        max_uploads_per_principal=settings.max_uploads_per_principal,
     )
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="shipyard-io")
     periodic = Periodic()

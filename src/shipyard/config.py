@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(
         64 * 1024**3, ge=1, description="largest blob an upload may grow to; larger ones get 413"
     )
+    max_uploads_per_principal: int = Field(
+        100, ge=1, description="upload sessions one principal may hold open; past it 429 TOOMANYREQUESTS"
+    )
     upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")
     pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

@@ -317,6 +317,22 @@ class MetadataStore:
         self._execute_one(sql.CREATE_UPLOAD, {"id": upload_id, "repository": repository, "now": stored})
         return UploadState(upload_id, repository, 0, now)
 
+    def create_upload_capped(
+        self, upload_id: str, repository: str, principal: str, cap: int
+    ) -> UploadState | None:
+        """Create an upload of `principal`'s unless it already has `cap` of them (then None)."""
+        now, stored = self._now()
+        values = {
+            "id": upload_id,
+            "repository": repository,
+            "principal": principal,
+            "cap": cap,
+            "now": stored,
+        }
+        if not self._execute_one(sql.CREATE_UPLOAD_CAPPED, values):
+            return None
+        return UploadState(upload_id, repository, 0, now)
+
     def get_upload(self, upload_id: str) -> UploadState | None:
         row = (
             self._fast.upload(upload_id)

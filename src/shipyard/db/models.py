@@ -128,6 +128,8 @@ class UploadSession(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     repository: Mapped[str] = mapped_column(String(255))
+    # who started it, for the cap on sessions per principal; None when authentication is off
+    principal: Mapped[str | None] = mapped_column(String(255), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ, index=True)

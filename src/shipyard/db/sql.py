@@ -43,6 +43,14 @@ CREATE_UPLOAD = Sql(
     "INSERT INTO upload_sessions (id, repository, size, created_at, updated_at) "
     "VALUES (:id, :repository, 0, :now, :now)"
 )
+# the count and the insert are one statement: the cap holds exactly on SQLite (one writer at a time);
+# on PostgreSQL concurrent starts by one principal can pass it by at most their number. The casts give
+# the parameter one type in both places, which PostgreSQL requires
+CREATE_UPLOAD_CAPPED = Sql(
+    "INSERT INTO upload_sessions (id, repository, principal, size, created_at, updated_at) "
+    "SELECT :id, :repository, CAST(:principal AS VARCHAR(255)), 0, :now, :now "
+    "WHERE (SELECT count(*) FROM upload_sessions WHERE principal = CAST(:principal AS VARCHAR(255))) < :cap"
+)
 GET_UPLOAD = Sql("SELECT repository, size, created_at FROM upload_sessions WHERE id = :id")
 # check and advance in one statement: it refuses an upload that moved on since `expected` was read
 ADVANCE_UPLOAD = Sql(

@@ -126,6 +126,14 @@ class TooManyRequests(RegistryError):
     message = "too many requests"
 
 
+class TooManyUploads(TooManyRequests):
+    """A principal has as many upload sessions open as it may; `retry_after` in seconds."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class RequestInvalid(RegistryError):
     """A malformed request that no code of the spec's table names; answers UNSUPPORTED with a 400."""
 

@@ -21,6 +21,7 @@ from shipyard.domain.errors import (
     NameUnknown,
     RangeInvalid,
     SizeInvalid,
+    TooManyUploads,
     Unsupported,
 )
 from shipyard.domain.manifest import parse_manifest
@@ -111,9 +112,13 @@ class RegistryService:
         delete_enabled: bool = True,
         pulls: PullRecorder | None = None,
         max_blob_bytes: int = 64 * 1024**3,
+        max_uploads_per_principal: int = 100,
+        upload_retry_after_seconds: int = 60,
     ) -> None:
         self.metadata = metadata
         self.max_blob_bytes = max_blob_bytes
+        self.max_uploads_per_principal = max_uploads_per_principal
+        self.upload_retry_after_seconds = upload_retry_after_seconds
         self.blobs = blobs
         self.delete_enabled = delete_enabled
         self.pulls = pulls or PullRecorder(metadata)
@@ -182,11 +187,32 @@ class RegistryService:
 
     # -- uploads -----------------------------------------------------------------------------
 
-    def start_upload(self, repository: str) -> UploadState:
+    def start_upload(self, repository: str, principal: str | None = None) -> UploadState:
+        """Open an upload session. With a `principal`, refuse it (TOOMANYREQUESTS) while that principal
+        already holds max_uploads_per_principal sessions: completing, cancelling or the purge of
+        abandoned ones frees them. Without one (authentication off) there is no cap."""
         validate_name(repository)
         upload_id = uuid.uuid4().hex
-        self.blobs.create_upload(upload_id)
-        state = self.metadata.create_upload(upload_id, repository)
+        if principal is None:
+            self.blobs.create_upload(upload_id)
+            state = self.metadata.create_upload(upload_id, repository)
+        else:
+            # the row first: a refused start must leave no staged file behind
+            capped = self.metadata.create_upload_capped(
+                upload_id, repository, principal, self.max_uploads_per_principal
+            )
+            if capped is None:
+                raise TooManyUploads(
+                    f"{principal} has {self.max_uploads_per_principal} upload sessions open; finish or "
+                    "cancel one (abandoned ones are purged)",
+                    self.upload_retry_after_seconds,
+                )
+            state = capped
+            try:
+                self.blobs.create_upload(upload_id)
+            except BaseException:
+                self.metadata.delete_upload(upload_id)
+                raise
         self._remember_state(state)
         return state
 

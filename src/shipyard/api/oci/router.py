@@ -11,7 +11,7 @@ from shipyard.api.http import JSON, ClientDisconnected, Request, respond, respon
 from shipyard.api.oci import blobs, listing, manifests, uploads
 from shipyard.api.oci.context import Context
 from shipyard.api.types import Receive, Scope, Send
-from shipyard.domain.errors import RegistryError, Unauthorized
+from shipyard.domain.errors import RegistryError, TooManyUploads, Unauthorized
 from shipyard.domain.names import validate_name
 from shipyard.services.access import Action
 
@@ -72,8 +72,12 @@ class OciApi:
         except RegistryError as error:
             status = status_for(error)
             # a refused body may be gigabytes still on their way: swallowing them would hold the worker
-            closing = {"connection": "close"} if status == 413 else None
-            await self._error(request, send, status, body_for(error), closing)
+            extra: dict[str, str] | None = None
+            if status == 413:
+                extra = {"connection": "close"}
+            elif isinstance(error, TooManyUploads):
+                extra = {"retry-after": str(error.retry_after)}
+            await self._error(request, send, status, body_for(error), extra)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
             await self._error(request, send, 500, error_body("UNKNOWN", "internal server error"))

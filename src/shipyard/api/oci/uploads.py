@@ -276,7 +276,7 @@ async def start_upload(ctx: Context, request: Request, send: Send, name: str, id
     digest = request.param("digest")
     if digest is not None:
         parsed = Digest.parse(digest)  # reject a bad digest before reading any body
-        state = await ctx.run(ctx.registry.start_upload, name)
+        state = await ctx.run(ctx.registry.start_upload, name, _principal(identity))
         try:
             appender = await ctx.run(
                 ctx.registry.begin_append, name, state.id, None, request.content_length()
@@ -288,8 +288,13 @@ async def start_upload(ctx: Context, request: Request, send: Send, name: str, id
             raise
         await respond(send, 201, _blob_created(name, info.digest))
         return
-    state = await ctx.run(ctx.registry.start_upload, name)
+    state = await ctx.run(ctx.registry.start_upload, name, _principal(identity))
     await respond(send, 202, _upload_headers(name, state))
+
+
+def _principal(identity: Identity) -> str | None:
+    """Whose slot an upload takes: nobody's when authentication is off (every caller is anonymous)."""
+    return None if identity.anonymous else identity.subject
 
 
 def _discard(ctx: Context, name: str, upload_id: str) -> None:
