@@ -71,9 +71,9 @@ class OciApi:
             await self._error(request, send, 405, body_for(error), {"allow": error.allow})
         except RegistryError as error:
             status = status_for(error)
-            # a refused body may be gigabytes still on their way: swallowing them would hold the worker
             extra: dict[str, str] | None = None
             if status == 413:
+                # a refused body may be gigabytes still on their way: swallowing them would hold the worker
                 extra = {"connection": "close"}
             elif isinstance(error, TooManyUploads):
                 extra = {"retry-after": str(error.retry_after)}
