@@ -35,6 +35,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.workers == 1
     assert settings.delete_enabled is True
     assert settings.log_level == "info"
+    assert settings.max_blob_bytes == 64 * 1024**3
+    assert settings.max_uploads_per_principal == 100
     assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'shipyard.db'}"
     assert settings.resolved_storage_path == tmp_path.resolve() / "data"
 
@@ -139,6 +141,9 @@ def test_an_unknown_backend_names_the_setting(
         ("UPLOAD_MAX_AGE_SECONDS", "10"),
         ("PULL_FLUSH_INTERVAL_SECONDS", "0"),
         ("LOG_LEVEL", "loud"),
+        ("MAX_BLOB_BYTES", "0"),
+        ("MAX_BLOB_BYTES", "64GiB"),
+        ("MAX_UPLOADS_PER_PRINCIPAL", "0"),
     ],
 )
 def test_a_bad_value_names_the_setting(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
