@@ -83,9 +83,13 @@ def test_the_readme_skips_sparingly() -> None:
 def docker_daemon() -> Iterator[DockerDaemon]:
     require_root()
     require_tool("dockerd", DOCKER_CLIENT)
-    daemon = start_dockerd(Path(tempfile.mkdtemp(prefix="sy-readme-", dir="/tmp")))
-    yield daemon
-    daemon.stop()
+    base = Path(tempfile.mkdtemp(prefix="sy-readme-", dir="/tmp"))  # short: unix socket paths are limited
+    try:
+        daemon = start_dockerd(base)
+        yield daemon
+        daemon.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _environment(home: Path, daemon: DockerDaemon) -> dict[str, str]:
