@@ -706,9 +706,13 @@ def test_deletes_disabled_is_405_unsupported(make_registry: Any, mode: str, data
     repo = unique_repo("man")
     image = push_image(registry.client, repo, "v1")
     layer = digest_of(image.layers[0])
-    assert_error(registry.client.delete(f"/v2/{repo}/manifests/{image.digest}"), 405, "UNSUPPORTED")
+    r = registry.client.delete(f"/v2/{repo}/manifests/{image.digest}")
+    assert_error(r, 405, "UNSUPPORTED")
+    assert r.headers["allow"] == "GET, HEAD, PUT"
     assert_error(registry.client.delete(f"/v2/{repo}/manifests/v1"), 405, "UNSUPPORTED")
-    assert_error(registry.client.delete(f"/v2/{repo}/blobs/{layer}"), 405, "UNSUPPORTED")
+    r = registry.client.delete(f"/v2/{repo}/blobs/{layer}")
+    assert_error(r, 405, "UNSUPPORTED")
+    assert r.headers["allow"] == "GET, HEAD"
     # nothing was deleted
     assert registry.client.get(f"/v2/{repo}/manifests/v1").content == image.body
     assert registry.client.get(f"/v2/{repo}/blobs/{layer}").content == image.layers[0]

@@ -77,6 +77,9 @@ class OciApi:
                 extra = {"connection": "close"}
             elif isinstance(error, TooManyUploads):
                 extra = {"retry-after": str(error.retry_after)}
+            elif status == 405 and (match := _ROUTE.match(request.path)) is not None:
+                # deletes are off on this registry: a 405 still names what the endpoint answers
+                extra = {"allow": ", ".join(m for m in _allowed_methods(match) if m != request.method)}
             await self._error(request, send, status, body_for(error), extra)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
