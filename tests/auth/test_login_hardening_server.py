@@ -70,6 +70,11 @@ def test_failures_from_one_source_for_any_logins_get_429_with_retry_after(
         r = client.post("/token", data={"grant_type": "password", "username": "admin", "password": PASSWORD})
         assert r.status_code == 429
         assert "retry-after" in r.headers
+        # the management API shares the limiter, and says when to come back too
+        r = client.get("/api/v1/whoami", headers=basic("admin", PASSWORD))
+        assert r.status_code == 429, r.text
+        assert r.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert 110 <= int(r.headers["retry-after"]) <= 120
 
 
 def test_the_hashing_pool_answers_429_at_once_when_full(tmp_path: Path) -> None:

@@ -18,7 +18,13 @@ from starlette.routing import BaseRoute, Match
 from shipyard.api.errors import body_for, error_body, status_for
 from shipyard.api.http import JSON
 from shipyard.api.management_models import Errors
-from shipyard.domain.errors import PaginationInvalid, RegistryError, RequestInvalid, Unauthorized
+from shipyard.domain.errors import (
+    PaginationInvalid,
+    RegistryError,
+    RequestInvalid,
+    TooManyRequests,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +132,9 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute], realm: Cal
         headers = {}
         if isinstance(exc, Unauthorized):
             headers["www-authenticate"] = f'Basic realm="{realm()}"'
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, TooManyRequests) and retry_after is not None:
+            headers["retry-after"] = str(retry_after)
         return error_response(status_for(exc), body_for(exc), headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
