@@ -115,7 +115,12 @@ def test_the_jwks_publishes_public_keys_only(fresh_registry: AuthRegistry) -> No
             assert b64url(private) not in r.text
             assert "PRIVATE" not in r.text
     # needs no credentials; writes are refused
-    assert fresh_registry.client.post("/.well-known/jwks.json").status_code == 405
+    r = fresh_registry.client.post("/.well-known/jwks.json")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET"
+    r = fresh_registry.client.put("/token")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, POST"
 
 
 def test_refresh_picks_up_keys_of_another_process(fresh_registry: AuthRegistry) -> None:

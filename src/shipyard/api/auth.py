@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
-import time
 from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,7 +25,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/token"
 JWKS_PATHS = ("/.well-known/jwks.json", "/token/jwks")
-LOGIN_PASSWORD_PATH = "/api/v1/auth/login-password"
 _MAX_FORM = 64 * 1024
 
 
@@ -57,7 +54,8 @@ class AuthApi:
         self.executor = executor
 
     def handles(self, path: str) -> bool:
-        return path in (TOKEN_PATH, LOGIN_PASSWORD_PATH) or path in JWKS_PATHS
+        # (login passwords are issued by the management API, under /api/v1/)
+        return path == TOKEN_PATH or path in JWKS_PATHS
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -71,11 +69,13 @@ class AuthApi:
                 await self._token_get(request, send)
             elif request.path == TOKEN_PATH and request.method == "POST":
                 await self._token_post(request, send)
-            elif request.path == LOGIN_PASSWORD_PATH and request.method == "POST":
-                await self._login_password(request, send)
             else:
+                allow = "GET, POST" if request.path == TOKEN_PATH else "GET"
                 await respond(
-                    send, 405, {"content-type": JSON}, error_body("UNSUPPORTED", "method not allowed")
+                    send,
+                    405,
+                    {"content-type": JSON, "allow": allow},
+                    error_body("UNSUPPORTED", "method not allowed"),
                 )
         except RegistryError as error:
             headers = {"content-type": JSON}
@@ -171,21 +171,6 @@ class AuthApi:
         document = _token_document(issued)
         document["scope"] = " ".join(str(s) for s in issued.access)
         await respond_json(send, 200, document, {"cache-control": "no-store"})
-
-    async def _login_password(self, request: Request, send: Send) -> None:
-        principal = await self._principal(request, required=True)
-        assert principal is not None
-        password, expires_at = await self._run(
-            self.identity.issue_login_password, principal, source_of(request.scope)
-        )
-        document = {
-            "username": self.identity.config.login_password_user,
-            "password": password,
-            "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
-        }
-        await respond(
-            send, 200, {"content-type": JSON, "cache-control": "no-store"}, json.dumps(document).encode()
-        )
 
 
 def _form(raw: bytes) -> dict[str, str]:
