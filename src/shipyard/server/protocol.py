@@ -8,6 +8,7 @@ import contextvars
 import logging
 import os
 import socket
+import time
 from collections import deque
 from typing import Any, BinaryIO, cast
 from urllib.parse import unquote
@@ -15,9 +16,10 @@ from urllib.parse import unquote
 import httptools
 
 from shipyard.server import http11
+from shipyard.server.access import AccessLog, RequestIds
 from shipyard.server.config import ServerConfig
 from shipyard.server.cycle import RequestCycle
-from shipyard.server.types import ASGIApp, Headers
+from shipyard.server.types import AccessRecord, ASGIApp, Headers
 
 log = logging.getLogger("shipyard.server")
 
@@ -30,6 +32,9 @@ READ_BUFFER_SIZE = 1024 * 1024
 # response before the client has read it
 LINGER_SECONDS = 2.0
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
+# request headers that on_headers_complete looks at
+_NOTABLE = frozenset({b"transfer-encoding", b"expect", b"x-request-id"})
 
 # reasons for not reading the socket; reading resumes when none is left
 _PAUSE_BODY = 1  # the application has not yet taken the body bytes buffered for it
@@ -44,6 +49,7 @@ class ServerState:
     """What the connections of one worker share."""
 
     __slots__ = (
+        "access",
         "app",
         "clock",
         "config",
@@ -51,6 +57,7 @@ class ServerState:
         "context",
         "lifespan_state",
         "read_buffer",
+        "request_ids",
         "scheme",
         "stopping",
     )
@@ -67,6 +74,8 @@ class ServerState:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         self.scheme = "https" if tls else "http"
         self.stopping = False
+        self.access = AccessLog(app, enabled=config.access_log, log_format=config.log_format)
+        self.request_ids = RequestIds()
 
     def tick(self) -> None:
         """Once a second: a fresh Date header, and connections past their deadline."""
@@ -253,11 +262,16 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if len(headers) > self.limits.max_headers:
             self.refusal = _Refused(431, "too many request header fields")
             raise self.refusal
-        for name, _ in headers:
-            # two headers change how the body is read
-            if name == b"transfer-encoding" or name == b"expect":
-                expect = self._body_headers(headers)
-                break
+        request_id: bytes | None = None
+        body_checked = False
+        for name, value in headers:
+            if name in _NOTABLE:
+                if name == b"x-request-id":
+                    request_id = value
+                elif not body_checked:
+                    # two headers change how the body is read
+                    body_checked = True
+                    expect = self._body_headers(headers)
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
         elif url == b"*":
@@ -293,7 +307,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if state.lifespan_state is not None:
             scope["state"] = state.lifespan_state.copy()
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.stopping
-        cycle = RequestCycle(self, scope, keep_alive, method == "HEAD", version == "1.0")
+        cycle = RequestCycle(
+            self, scope, keep_alive, method == "HEAD", version == "1.0", state.request_ids.choose(request_id)
+        )
         if expect is not None and version != "1.0":
             if expect.lower() != b"100-continue":
                 self.refusal = _Refused(417, "unsupported expectation")
@@ -491,12 +507,24 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._pause(_PAUSE_PIPELINE)
             return
         response = http11.error_response(self.state.clock, refusal.status, str(refusal).encode() + b"\n")
+        self._log_refused(refusal.status)
         if self.cycle is None and not self.pipeline:
             self.write(response)
             self._close(linger=True)
         else:
             self.pending_error = response
             self._pause(_PAUSE_PIPELINE)
+
+    def _log_refused(self, status: int) -> None:
+        """An access record for a request the server answered itself: no method or path it could trust."""
+        access = self.state.access
+        if access.wanted:
+            client = self.client[0] if self.client else "-"
+            request_id = self.state.request_ids.choose(None).decode()
+            now = time.time()
+            access.record(
+                AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, request_id, None, None)
+            )
 
     def deadline_passed(self) -> None:
         self.deadline = None
@@ -509,6 +537,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         elif self.in_message:
             log.info("closing a connection that sent no complete request headers in time")
             self.write(http11.error_response(self.state.clock, 408, b"request headers took too long\n"))
+            self._log_refused(408)
             self._close(linger=True)
         else:
             self.transport.close()
