@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -87,3 +88,34 @@ def test_an_unknown_event_loop_is_refused() -> None:
         assert type(loop).__module__.startswith("asyncio")
     finally:
         loop.close()
+
+
+def test_serve_passes_the_server_settings_on(tmp_path: Path) -> None:
+    """Through real `shipyard serve`: trusted proxies, the JSON access log, request ids."""
+    server = start_server(
+        tmp_path / "data",
+        extra_env={
+            "SHIPYARD_FORWARDED_ALLOW_IPS": "127.0.0.0/8",
+            "SHIPYARD_LOG_FORMAT": "json",
+            "SHIPYARD_ACCESS_LOG": "true",
+        },
+    )
+    try:
+        request = urllib.request.Request(
+            f"{server.url}/v2/", headers={"X-Forwarded-For": "198.51.100.9", "X-Request-ID": "serve-test-1"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["X-Request-ID"] == "serve-test-1"
+        lines = [line for line in server.log().splitlines() if "serve-test-1" in line]
+        for _ in range(50):
+            if lines:
+                break
+            time.sleep(0.1)
+            lines = [line for line in server.log().splitlines() if "serve-test-1" in line]
+        (line,) = lines
+        document = json.loads(line[line.index("{") :])
+        assert document["client"] == "198.51.100.9"
+        assert document["method"] == "GET"
+        assert document["status"] == 200
+    finally:
+        server.stop()

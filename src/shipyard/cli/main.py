@@ -74,6 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=str(key) if key else None,
         log_level=settings.log_level,
         event_loop=settings.event_loop,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        keep_alive_timeout=settings.keep_alive_timeout_seconds,
+        max_connections=settings.max_connections,
+        forwarded_allow_ips=settings.forwarded_networks,
+        log_format=settings.log_format,
+        access_log=settings.access_log,
     )
     # the supervisor only starts and watches the workers: it execs into a process of its own (the same
     # pid) that never imports the application, 13 MiB instead of the ~95 MiB this one holds by now

@@ -50,6 +50,7 @@ class Supervisor:
         self.workers: list[_Worker] = []
         self.stopping = False
         self.failed = False
+        self.announced = False  # the banner is out
         self._lifeline_read, self._lifeline_write = os.pipe()
 
     def _spawn(self, number: int) -> _Worker:
@@ -123,6 +124,11 @@ class Supervisor:
                 os.close(fd)
                 worker.ready_fd = None
                 log.debug("worker %d (pid %d) is serving", worker.number, worker.process.pid)
+        if not self.announced and all(w.ready for w in self.workers):
+            # once, and only now: whoever reads it may connect at once (a restarted worker does not repeat it)
+            self.announced = True
+            if self.config.banner is not None:
+                print(self.config.banner, flush=True)
         for index, worker in enumerate(self.workers):
             code = worker.process.poll()
             if code is None or self.stopping:
