@@ -138,3 +138,15 @@ def test_requests_the_server_refuses_itself_are_recorded_too() -> None:
     (record,) = app.records
     assert record.status == 400
     assert record.client == "127.0.0.1"
+
+
+def test_json_lines_escape_what_needs_it() -> None:
+    from shipyard.server.access import AccessLog
+
+    record = AccessRecord(1e9, "::1", "GET", '/a"b\\c\n', None, 200, 1, 2, 0.5, "r", "ünïcode", None)
+    document = json.loads(AccessLog._json(record))
+    assert document["path"] == '/a"b\\c\n'
+    assert document["principal"] == "ünïcode"
+    assert document["route"] is None and document["repository"] is None
+    assert document["time"] == "2001-09-09T01:46:40.000Z"
+    assert document["duration_ms"] == 500.0
