@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shipyard.server.types import Receive, Scope, Send
+from shipyard.server.types import AccessRecord, Receive, Scope, Send
 from tests.server.apps import echo, lifespan, respond
 from tests.server.conftest import Reader, request, serving
 
@@ -40,6 +40,17 @@ def test_a_partial_head_after_a_short_request_is_timed_out() -> None:
 
 
 received: list[dict[str, Any]] = []
+
+
+class ReaderApp:
+    def __init__(self) -> None:
+        self.records: list[AccessRecord] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await reader_app(scope, receive, send)
+
+    def access_observer(self, record: AccessRecord) -> None:
+        self.records.append(record)
 
 
 async def reader_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,8 +100,11 @@ def _body_timeout_case(sock: socket.socket, trickle: bool) -> None:
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickle"])
 def test_a_body_that_stops_or_trickles_gets_408_and_the_app_hears_disconnect(trickle: bool) -> None:
-    with serving(reader_app, body_timeout=1.0) as server, server.connect(timeout=8) as sock:
+    app = ReaderApp()
+    with serving(app, body_timeout=1.0) as server, server.connect(timeout=8) as sock:
         _body_timeout_case(sock, trickle)
+    assert [r.status for r in app.records] == [408]
+    assert app.records[0].method == "PUT"
 
 
 def test_a_body_that_keeps_arriving_is_not_timed_out() -> None:
@@ -107,7 +121,8 @@ def test_a_body_that_keeps_arriving_is_not_timed_out() -> None:
 
 
 def test_connections_past_the_limit_get_503_and_are_closed() -> None:
-    with serving(echo, max_connections=2) as server:
+    app = ReaderApp()
+    with serving(app, max_connections=2) as server:
         first, second = server.connect(), server.connect()
         for sock in (first, second):
             sock.sendall(request("GET", "/"))
@@ -127,6 +142,7 @@ def test_connections_past_the_limit_get_503_and_are_closed() -> None:
             fourth.sendall(request("GET", "/"))
             assert Reader(fourth).response().status == 200
         second.close()
+    assert sorted(r.status for r in app.records) == [200, 200, 200, 503]
 
 
 @pytest.mark.parametrize(

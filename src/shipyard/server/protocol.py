@@ -194,6 +194,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.transport.write(http11.error_response(state.clock, 503, body, b"application/json"))
             self.closed = True
             self.transport.close()
+            self._log_refused(503)
             return
         if state.trusted_proxies and self.client is not None:
             self.trusted = state.is_trusted(self.client[0])
@@ -623,7 +624,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         cycle.disconnect()  # receive() now gives http.disconnect, and what the app sends goes nowhere
         if cycle is self.cycle and not answered:
             self.write(http11.error_response(self.state.clock, 408, b"request body took too long\n"))
-            self._log_refused(408)
+            cycle.status = 408  # its own access record says so, once the application returns
             self._close(linger=True)
         else:
             self.abort()
