@@ -134,9 +134,11 @@ def test_requests_the_server_refuses_itself_are_recorded_too() -> None:
     app = Observed()
     with serving(app) as server, server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n")
-        assert Reader(sock).response().status == 400
+        response = Reader(sock).response()
+        assert response.status == 400
     (record,) = app.records
     assert record.status == 400
+    assert response.headers["x-request-id"] == record.request_id
     assert record.client == "127.0.0.1"
 
 

@@ -35,6 +35,7 @@ def test_a_partial_head_after_a_short_request_is_timed_out() -> None:
         started = time.monotonic()
         response = reader.response()
         assert response.status == 408
+        assert response.headers["x-request-id"]
         assert reader.closed()
         assert time.monotonic() - started < 4
 

@@ -191,10 +191,13 @@ class HttpProtocol(asyncio.BufferedProtocol):
             # refused before it holds more than its socket: the worker stays within its descriptors
             log.warning("%d connections open: refusing one more", len(state.connections))
             body = b'{"errors":[{"code":"UNAVAILABLE","message":"too many connections"}]}'
-            self.transport.write(http11.error_response(state.clock, 503, body, b"application/json"))
+            request_id = state.request_ids.choose(None)
+            self.transport.write(
+                http11.error_response(state.clock, 503, body, b"application/json", request_id)
+            )
             self.closed = True
             self.transport.close()
-            self._log_refused(503)
+            self._log_refused(503, request_id)
             return
         if state.trusted_proxies and self.client is not None:
             self.trusted = state.is_trusted(self.client[0])
@@ -575,8 +578,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.pending_error = b""  # parse nothing more
             self._pause(_PAUSE_PIPELINE)
             return
-        response = http11.error_response(self.state.clock, refusal.status, str(refusal).encode() + b"\n")
-        self._log_refused(refusal.status)
+        request_id = self.state.request_ids.choose(None)
+        message = str(refusal).encode() + b"\n"
+        response = http11.error_response(self.state.clock, refusal.status, message, request_id=request_id)
+        self._log_refused(refusal.status, request_id)
         if self.cycle is None and not self.pipeline:
             self.write(response)
             self._close(linger=True)
@@ -584,16 +589,14 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.pending_error = response
             self._pause(_PAUSE_PIPELINE)
 
-    def _log_refused(self, status: int) -> None:
+    def _log_refused(self, status: int, request_id: bytes) -> None:
         """An access record for a request the server answered itself: no method or path it could trust."""
         access = self.state.access
         if access.wanted:
             client = self.client[0] if self.client else "-"
-            request_id = self.state.request_ids.choose(None).decode()
+            rid = request_id.decode()
             now = time.time()
-            access.record(
-                AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, request_id, None, None)
-            )
+            access.record(AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
 
     def deadline_passed(self) -> None:
         self.deadline = None
@@ -607,8 +610,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
             return
         elif self.in_message:
             log.info("closing a connection that sent no complete request headers in time")
-            self.write(http11.error_response(self.state.clock, 408, b"request headers took too long\n"))
-            self._log_refused(408)
+            request_id = self.state.request_ids.choose(None)
+            message = b"request headers took too long\n"
+            self.write(http11.error_response(self.state.clock, 408, message, request_id=request_id))
+            self._log_refused(408, request_id)
             self._close(linger=True)
         else:
             self.transport.close()
@@ -623,7 +628,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         answered = cycle.response_started
         cycle.disconnect()  # receive() now gives http.disconnect, and what the app sends goes nowhere
         if cycle is self.cycle and not answered:
-            self.write(http11.error_response(self.state.clock, 408, b"request body took too long\n"))
+            message = b"request body took too long\n"
+            self.write(http11.error_response(self.state.clock, 408, message, request_id=cycle.request_id))
             cycle.status = 408  # its own access record says so, once the application returns
             self._close(linger=True)
         else:
