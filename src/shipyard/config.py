@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -114,6 +115,43 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    header_timeout_seconds: float = Field(30.0, gt=0, description="a request's line and headers within this")
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="a request body must bring at least 16 KiB per this long, else 408"
+    )
+    keep_alive_timeout_seconds: float = Field(
+        75.0, gt=0, description="an idle connection is closed after this"
+    )
+    # 1000: each connection may hold its socket, a blob file and, while sending it, a second descriptor of
+    # the socket; the worker raises its soft descriptor limit to fit (see the worker), and 1000 stays within
+    # the common hard limit of 4096 with room left for the database and the application's own files
+    max_connections: int = Field(
+        1000, ge=1, description="open connections per worker; past it, 503 and close"
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description=(
+            "comma-separated addresses or networks of proxies whose X-Forwarded-* and Forwarded headers are "
+            "believed; empty: none (not even loopback)"
+        ),
+    )
+    log_format: Literal["text", "json"] = Field("text", description="access log lines: text or json")
+    access_log: bool = Field(True, description="one log line per request on the shipyard.access logger")
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        if isinstance(value, str):
+            for item in value.split(","):
+                if item.strip():
+                    ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @property
+    def forwarded_networks(self) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.forwarded_allow_ips.split(",") if item.strip())
 
     @field_validator("database_url")
     @classmethod

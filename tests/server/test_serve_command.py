@@ -7,6 +7,10 @@ import base64
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -87,3 +91,81 @@ def test_an_unknown_event_loop_is_refused() -> None:
         assert type(loop).__module__.startswith("asyncio")
     finally:
         loop.close()
+
+
+def test_serve_passes_the_server_settings_on(tmp_path: Path) -> None:
+    """Through real `shipyard serve`: trusted proxies, the JSON access log, request ids."""
+    server = start_server(
+        tmp_path / "data",
+        extra_env={
+            "SHIPYARD_FORWARDED_ALLOW_IPS": "127.0.0.0/8",
+            "SHIPYARD_LOG_FORMAT": "json",
+            "SHIPYARD_ACCESS_LOG": "true",
+        },
+    )
+    try:
+        request = urllib.request.Request(
+            f"{server.url}/v2/", headers={"X-Forwarded-For": "198.51.100.9", "X-Request-ID": "serve-test-1"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["X-Request-ID"] == "serve-test-1"
+        lines = [line for line in server.log().splitlines() if "serve-test-1" in line]
+        for _ in range(50):
+            if lines:
+                break
+            time.sleep(0.1)
+            lines = [line for line in server.log().splitlines() if "serve-test-1" in line]
+        (line,) = lines
+        document = json.loads(line[line.index("{") :])
+        assert document["client"] == "198.51.100.9"
+        assert document["method"] == "GET"
+        assert document["status"] == 200
+    finally:
+        server.stop()
+
+
+def test_the_banner_comes_once_after_the_port_is_bound_and_keeps_the_password_private(
+    tmp_path: Path,
+) -> None:
+    """First start with a generated password: the supervisor prints it once every worker serves; it
+    never stands on a command line, which any user of the machine can read."""
+    server = start_server(tmp_path / "data", host="0.0.0.0", auth=True, extra_env={"SHIPYARD_WORKERS": "2"})
+    try:
+        log = ""
+        for _ in range(50):
+            log = server.log()
+            if "shown once:" in log:
+                break
+            time.sleep(0.1)
+        password = log.split("shown once:\n")[1].split()[0]
+        assert log.count("shown once:") == 1
+        # a client host, not the wildcard the server listens on
+        assert f"podman login --tls-verify=false -u admin 127.0.0.1:{server.port}" in log
+        for pid in (server.process.pid, *_children(server.process.pid)):
+            assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/token?service=shipyard",
+            headers={"Authorization": "Basic " + base64.b64encode(b"admin:" + password.encode()).decode()},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.stop()
+
+
+def test_no_banner_when_the_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "shipyard", "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "shown once" not in result.stdout + result.stderr
+    assert "Log in, then" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr

@@ -159,3 +159,57 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_the_banner_is_printed_once_after_all_workers_serve(
+    supervised: list[Supervised], tmp_path: Path
+) -> None:
+    banner = "Shipyard banner for the test"
+    server = Supervised("tests.server.apps:echo", tmp_path, workers=2, banner=banner)
+    supervised.append(server)
+    server.wait_serving()
+    deadline = time.monotonic() + 10
+    while banner not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    victim = int(server.get()["pid"])  # type: ignore[call-overload]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while f"pid {victim}) died" not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    server.wait_serving()
+    time.sleep(0.5)
+    assert server.log().count(banner) == 1  # not again for the new worker
+
+
+def test_no_banner_when_the_workers_fail_to_start(supervised: list[Supervised], tmp_path: Path) -> None:
+    server = Supervised("tests.server.apps:failing_startup", tmp_path, banner="never shown")
+    supervised.append(server)
+    assert server.process.wait(30) == 1
+    assert "never shown" not in server.log()
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(
+    supervised: list[Supervised], tmp_path: Path
+) -> None:
+    server = Supervised("tests.server.apps:echo", tmp_path)
+    supervised.append(server)
+    delays = []
+    for _ in range(3):
+        server.wait_serving()
+        victim = int(server.get()["pid"])  # type: ignore[call-overload]
+        died_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        deadline = died_at + 20
+        while f"pid {victim}) died" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        server.wait_serving()
+        delays.append(time.monotonic() - died_at)
+    log = server.log()
+    assert "starting a new one in 0.5 s" in log
+    assert "starting a new one in 1.0 s" in log
+    assert "starting a new one in 2.0 s" in log
+    assert delays[2] >= 2.0 > delays[0], delays
+    assert server.process.poll() is None

@@ -55,7 +55,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         app.close()
     os.environ.update(settings.to_environment())
-    print(_banner(settings, admin_password), flush=True)
     cert = settings.tls_cert.resolve() if settings.tls_cert else None
     key = settings.tls_key.resolve() if settings.tls_key else None
     if cert is None and not _is_loopback(settings.host):
@@ -74,13 +73,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=str(key) if key else None,
         log_level=settings.log_level,
         event_loop=settings.event_loop,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        keep_alive_timeout=settings.keep_alive_timeout_seconds,
+        max_connections=settings.max_connections,
+        forwarded_allow_ips=settings.forwarded_networks,
+        log_format=settings.log_format,
+        access_log=settings.access_log,
+        # printed by the supervisor once every worker serves: a banner before the port is bound would
+        # tell people to log in to a server that may never start
+        banner=_banner(settings, admin_password),
     )
     # the supervisor only starts and watches the workers: it execs into a process of its own (the same
     # pid) that never imports the application, 13 MiB instead of the ~95 MiB this one holds by now
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "shipyard.server", config.to_json()])
+    # the config goes through a pipe, not the command line that any user can read in the process list:
+    # the banner may hold the first start's admin password
+    reader, writer = os.pipe()
+    os.write(writer, config.to_json().encode())  # a few KiB: well within a pipe's buffer
+    os.close(writer)
+    os.set_inheritable(reader, True)
+    os.execv(sys.executable, [sys.executable, "-m", "shipyard.server", "--config-fd", str(reader)])
 
 
 def _is_loopback(host: str) -> bool:

@@ -36,13 +36,25 @@ class ServerConfig:
     body_buffer_limit: int = 4 * 1024 * 1024
     # "uvloop", "asyncio", or "auto": uvloop when it is installed
     event_loop: str = "auto"
+    # a request body must keep arriving: see protocol.MIN_BODY_BYTES for how a trickle is caught
+    body_timeout: float = 60.0
+    # open connections per worker; past it a new connection gets a 503 and is closed
+    max_connections: int = 1000
+    # peers (addresses or networks) whose X-Forwarded-* and Forwarded headers are believed; none by default
+    forwarded_allow_ips: tuple[str, ...] = ()
+    access_log: bool = True
+    log_format: str = "text"  # of the access log: "text" or "json"
+    # printed once to stdout by the supervisor after the port is bound and every worker serves
+    banner: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ServerConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["forwarded_allow_ips"] = tuple(fields.get("forwarded_allow_ips", ()))
+        return cls(**fields)
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shipyard.server import http11
-from shipyard.server.types import Message, Scope
+from shipyard.server.types import AccessRecord, Message, Scope
 
 if TYPE_CHECKING:
     from shipyard.server.protocol import HttpProtocol
@@ -47,16 +48,28 @@ class RequestCycle:
         "http10",
         "keep_alive",
         "parts",
+        "received",
         "remaining",
+        "request_id",
         "response_complete",
         "response_started",
         "scope",
+        "sent",
+        "started",
+        "status",
         "task",
         "waiter",
     )
 
-    def __init__(self, conn: HttpProtocol, scope: Scope, keep_alive: bool, head: bool, http10: bool) -> None:
+    def __init__(
+        self, conn: HttpProtocol, scope: Scope, keep_alive: bool, head: bool, http10: bool, request_id: bytes
+    ) -> None:
         self.conn = conn
+        self.request_id = request_id
+        self.started = time.time()
+        self.status = 0
+        self.received = 0
+        self.sent = 0
         self.scope = scope
         self.keep_alive = keep_alive
         self.head = head
@@ -88,6 +101,7 @@ class RequestCycle:
     def add_body(self, data: bytes) -> None:
         self.chunks.append(data)
         self.buffered += len(data)
+        self.received += len(data)
         if self.waiter is not None:
             self.wake()
 
@@ -126,7 +140,9 @@ class RequestCycle:
                     self._internal_error()
             elif not self.response_complete:
                 conn.abort()
+            self._log_access()
         else:
+            self._log_access()
             if self.response_complete or self.disconnected:
                 return
             if not self.response_started:
@@ -135,6 +151,31 @@ class RequestCycle:
             else:
                 log.error("the application returned before the end of its response: %s", self.scope["path"])
                 conn.abort()
+
+    def _log_access(self) -> None:
+        access = self.conn.state.access
+        if not access.wanted:
+            return
+        scope = self.scope
+        client = scope["client"]
+        # no response: the client went away first (nginx's 499)
+        status = self.status or 499
+        access.record(
+            AccessRecord(
+                self.started,
+                client[0] if client else "-",
+                scope["method"],
+                scope["path"],
+                scope.get("route"),
+                status,
+                self.received,
+                self.sent,
+                time.time() - self.started,
+                self.request_id.decode("ascii"),
+                scope.get("principal"),
+                scope.get("repository"),
+            )
+        )
 
     def _internal_error(self) -> None:
         self.response_started = True
@@ -228,6 +269,7 @@ class RequestCycle:
                 # the common case, a whole small body as announced, in one write
                 self.parts = None
                 self.remaining = 0
+                self.sent += len(body)
                 self.conn.write(parts[0] + b"\r\n" + body)
                 self._complete()
                 return
@@ -245,6 +287,7 @@ class RequestCycle:
     # -- the response head ----------------------------------------------------------------------------
 
     def _begin_head(self, status: int, headers: Any) -> None:
+        self.status = status
         parts = [http11.status_line(status), self.conn.state.clock.date_header]
         self.framing = _UNDECIDED
         length: int | None = None
@@ -262,6 +305,7 @@ class RequestCycle:
                         self.keep_alive = False
                     continue
             parts += (name, b": ", value, b"\r\n")
+        parts += (b"x-request-id", b": ", self.request_id, b"\r\n")
         block = b"".join(parts)
         # each header is one line: a line break inside a name or value would smuggle in another
         lines = (len(parts) - 2) // 4 + 1 + (parts[1] != b"")
@@ -314,6 +358,7 @@ class RequestCycle:
         conn = self.conn
         head = b"" if self.parts is None else self._finish_head(None if more else len(body))
         framing = self.framing
+        self.sent += len(body)
         if framing == _LENGTH:
             if len(body) > self.remaining:
                 raise RuntimeError("response body longer than its content-length")
@@ -368,6 +413,7 @@ class RequestCycle:
         if head:
             conn.write(head)
         sent = await conn.sendfile(file, offset, count)
+        self.sent += sent
         if self.disconnected:
             return
         if sent < count:

@@ -47,12 +47,15 @@ class Clock:
         self.date_header = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
 
 
-def error_response(clock: Clock, status: int, body: bytes, content_type: bytes = b"text/plain") -> bytes:
+def error_response(
+    clock: Clock, status: int, body: bytes, content_type: bytes = b"text/plain", request_id: bytes = b""
+) -> bytes:
     """A complete response that closes the connection: for requests the server refuses by itself."""
     return b"".join(
         [
             status_line(status),
             clock.date_header,
+            b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
             b"content-type: ",
             content_type,
             b"\r\ncontent-length: %d\r\n" % len(body),

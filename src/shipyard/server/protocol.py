@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import logging
 import os
 import socket
+import time
 from collections import deque
 from typing import Any, BinaryIO, cast
 from urllib.parse import unquote
@@ -15,9 +17,10 @@ from urllib.parse import unquote
 import httptools
 
 from shipyard.server import http11
+from shipyard.server.access import AccessLog, RequestIds
 from shipyard.server.config import ServerConfig
 from shipyard.server.cycle import RequestCycle
-from shipyard.server.types import ASGIApp, Headers
+from shipyard.server.types import AccessRecord, ASGIApp, Headers
 
 log = logging.getLogger("shipyard.server")
 
@@ -30,6 +33,16 @@ READ_BUFFER_SIZE = 1024 * 1024
 # response before the client has read it
 LINGER_SECONDS = 2.0
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
+# request headers that on_headers_complete looks at
+_NOTABLE = frozenset({b"transfer-encoding", b"expect", b"x-request-id", b"host"})
+_FORWARDED = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_NOTABLE_BEHIND_PROXY = _NOTABLE | _FORWARDED
+# A body must keep arriving: at least this much of it per body_timeout window, else 408. A body that stops
+# and one that trickles (a byte a second holds a connection, a buffer and a task for hours) both fail it;
+# like Kestrel's minimum data rate (240 B/s), it is a rate and not a deadline for the whole body, so a
+# 10 GiB layer on a slow but live link still gets through. 16 KiB per 60 s is about Kestrel's 240 B/s.
+MIN_BODY_BYTES = 16 * 1024
 
 # reasons for not reading the socket; reading resumes when none is left
 _PAUSE_BODY = 1  # the application has not yet taken the body bytes buffered for it
@@ -44,6 +57,7 @@ class ServerState:
     """What the connections of one worker share."""
 
     __slots__ = (
+        "access",
         "app",
         "clock",
         "config",
@@ -51,8 +65,10 @@ class ServerState:
         "context",
         "lifespan_state",
         "read_buffer",
+        "request_ids",
         "scheme",
         "stopping",
+        "trusted_proxies",
     )
 
     def __init__(self, app: ASGIApp, config: ServerConfig, *, tls: bool) -> None:
@@ -67,6 +83,16 @@ class ServerState:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         self.scheme = "https" if tls else "http"
         self.stopping = False
+        self.access = AccessLog(app, enabled=config.access_log, log_format=config.log_format)
+        self.trusted_proxies = [ipaddress.ip_network(n, strict=False) for n in config.forwarded_allow_ips]
+        self.request_ids = RequestIds()
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
 
     def tick(self) -> None:
         """Once a second: a fresh Date header, and connections past their deadline."""
@@ -87,11 +113,13 @@ class _Refused(Exception):
 
 class HttpProtocol(asyncio.BufferedProtocol):
     __slots__ = (
+        "body_window",
         "client",
         "closed",
         "cycle",
         "deadline",
         "drain_waiter",
+        "head_deadline",
         "head_size",
         "header_bytes",
         "headers",
@@ -110,6 +138,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         "starting",
         "state",
         "transport",
+        "trusted",
         "url",
         "write_paused",
     )
@@ -140,6 +169,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.pending_error: bytes | None = None
         self.refusal: _Refused | None = None
         self.deadline: float | None = None
+        self.head_deadline = 0.0  # when the request head now arriving must be complete
+        self.body_window = 0  # body bytes since the body deadline was last moved
+        self.trusted = False  # the peer is a proxy whose forwarding headers are believed
 
     # -- transport events -----------------------------------------------------------------------------
 
@@ -154,7 +186,22 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
-        self.state.connections.add(self)
+        state = self.state
+        if len(state.connections) >= state.config.max_connections:
+            # refused before it holds more than its socket: the worker stays within its descriptors
+            log.warning("%d connections open: refusing one more", len(state.connections))
+            body = b'{"errors":[{"code":"UNAVAILABLE","message":"too many connections"}]}'
+            request_id = state.request_ids.choose(None)
+            self.transport.write(
+                http11.error_response(state.clock, 503, body, b"application/json", request_id)
+            )
+            self.closed = True
+            self.transport.close()
+            self._log_refused(503, request_id)
+            return
+        if state.trusted_proxies and self.client is not None:
+            self.trusted = state.is_trusted(self.client[0])
+        state.connections.add(self)
         self.deadline = self.state.clock.now + self.state.config.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -224,8 +271,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.headers = []
         self.head_size = 0
         self.in_message = True
+        self.head_deadline = self.state.clock.now + self.limits.header_timeout
         if self.cycle is None:
-            self.deadline = self.state.clock.now + self.limits.header_timeout
+            self.deadline = self.head_deadline
 
     def on_url(self, url: bytes) -> None:
         url = self.url = self.url + url
@@ -244,7 +292,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         self.in_message = False
         self.header_bytes = 0
-        self.deadline = None
+        # until the body is complete (on_message_complete, at once when there is none)
+        self.deadline = self.state.clock.now + self.limits.body_timeout
+        self.body_window = 0
         parser = self.parser
         state = self.state
         url = self.url
@@ -253,11 +303,34 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if len(headers) > self.limits.max_headers:
             self.refusal = _Refused(431, "too many request header fields")
             raise self.refusal
-        for name, _ in headers:
-            # two headers change how the body is read
-            if name == b"transfer-encoding" or name == b"expect":
-                expect = self._body_headers(headers)
-                break
+        request_id: bytes | None = None
+        body_checked = False
+        hosts = 0
+        forwarded = False
+        notable = _NOTABLE_BEHIND_PROXY if self.trusted else _NOTABLE
+        for name, value in headers:
+            if name in notable:
+                if name == b"x-request-id":
+                    request_id = value
+                elif name == b"host":
+                    hosts += 1
+                elif name in _FORWARDED:
+                    forwarded = True
+                elif not body_checked:
+                    # two headers change how the body is read
+                    body_checked = True
+                    expect = self._body_headers(headers)
+        version = parser.get_http_version()
+        if hosts > 1 or (hosts == 0 and version != "1.0"):
+            # RFC 9112 3.2: exactly one Host in HTTP/1.1; two would let a proxy and us disagree on it
+            self.refusal = _Refused(400, "a request needs exactly one Host header")
+            raise self.refusal
+        if body_checked and version == "1.0" and any(n == b"transfer-encoding" for n, _ in headers):
+            # RFC 9112 6.1: Transfer-Encoding on HTTP/1.0 is a smuggling vector, not a body framing
+            self.refusal = _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+            raise self.refusal
+        if b"#" in url:
+            url = url.partition(b"#")[0]  # a fragment is the client's own business, never the server's
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
         elif url == b"*":
@@ -271,7 +344,6 @@ class HttpProtocol(asyncio.BufferedProtocol):
             raw_path, query = parsed.path or b"/", parsed.query or b""
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
-        version = parser.get_http_version()
         path = raw_path.decode("utf-8", "replace")
         if b"%" in raw_path:
             path = unquote(path)
@@ -290,10 +362,14 @@ class HttpProtocol(asyncio.BufferedProtocol):
             "headers": headers,
             "extensions": EXTENSIONS,
         }
+        if forwarded:
+            _apply_forwarded(scope, state)
         if state.lifespan_state is not None:
             scope["state"] = state.lifespan_state.copy()
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.stopping
-        cycle = RequestCycle(self, scope, keep_alive, method == "HEAD", version == "1.0")
+        cycle = RequestCycle(
+            self, scope, keep_alive, method == "HEAD", version == "1.0", state.request_ids.choose(request_id)
+        )
         if expect is not None and version != "1.0":
             if expect.lower() != b"100-continue":
                 self.refusal = _Refused(417, "unsupported expectation")
@@ -329,6 +405,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if cycle is None or cycle.response_complete:
             return  # a body the application answered without reading: swallowed
         cycle.add_body(body)
+        window = self.body_window = self.body_window + len(body)
+        if window >= MIN_BODY_BYTES:
+            self.body_window = 0
+            self.deadline = self.state.clock.now + self.limits.body_timeout
         if cycle.buffered > self.limits.body_buffer_limit:
             self._pause(_PAUSE_BODY)
 
@@ -337,6 +417,11 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if cycle is not None:
             self.parsing = None
             cycle.finish_body()
+        if not self.lingering:
+            if self.cycle is None and not self.pipeline:  # answered before its body was all in
+                self.deadline = self.state.clock.now + self.limits.keep_alive_timeout
+            else:
+                self.deadline = None
 
     # -- running requests -------------------------------------------------------------------------------
 
@@ -374,6 +459,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._close(linger=True)
         elif not self.in_message:
             self.deadline = self.state.clock.now + self.limits.keep_alive_timeout
+        else:
+            # a request head began while this response was being made: its header timeout still holds
+            self.deadline = self.head_deadline
 
     def body_drained(self, cycle: RequestCycle) -> None:
         if self.paused & _PAUSE_BODY and cycle.buffered <= self.state.config.body_buffer_limit // 2:
@@ -490,7 +578,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.pending_error = b""  # parse nothing more
             self._pause(_PAUSE_PIPELINE)
             return
-        response = http11.error_response(self.state.clock, refusal.status, str(refusal).encode() + b"\n")
+        request_id = self.state.request_ids.choose(None)
+        message = str(refusal).encode() + b"\n"
+        response = http11.error_response(self.state.clock, refusal.status, message, request_id=request_id)
+        self._log_refused(refusal.status, request_id)
         if self.cycle is None and not self.pipeline:
             self.write(response)
             self._close(linger=True)
@@ -498,20 +589,51 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.pending_error = response
             self._pause(_PAUSE_PIPELINE)
 
+    def _log_refused(self, status: int, request_id: bytes) -> None:
+        """An access record for a request the server answered itself: no method or path it could trust."""
+        access = self.state.access
+        if access.wanted:
+            client = self.client[0] if self.client else "-"
+            rid = request_id.decode()
+            now = time.time()
+            access.record(AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
+
     def deadline_passed(self) -> None:
         self.deadline = None
         if self.closed:
             return
         if self.lingering:
             self.transport.close()
+        elif self.parsing is not None and not self.parsing.body_complete:
+            self._body_timed_out(self.parsing)
         elif self.cycle is not None or self.pipeline:
             return
         elif self.in_message:
             log.info("closing a connection that sent no complete request headers in time")
-            self.write(http11.error_response(self.state.clock, 408, b"request headers took too long\n"))
+            request_id = self.state.request_ids.choose(None)
+            message = b"request headers took too long\n"
+            self.write(http11.error_response(self.state.clock, 408, message, request_id=request_id))
+            self._log_refused(408, request_id)
             self._close(linger=True)
         else:
             self.transport.close()
+
+    def _body_timed_out(self, cycle: RequestCycle) -> None:
+        if self.paused or cycle.expect_continue:
+            # not the client's fault: we are not reading, or it waits for our 100 Continue
+            self.deadline = self.state.clock.now + self.limits.body_timeout
+            return
+        log.info("closing a connection whose request body stopped arriving")
+        self.parsing = None
+        answered = cycle.response_started
+        cycle.disconnect()  # receive() now gives http.disconnect, and what the app sends goes nowhere
+        if cycle is self.cycle and not answered:
+            message = b"request body took too long\n"
+            self.write(http11.error_response(self.state.clock, 408, message, request_id=cycle.request_id))
+            cycle.status = 408  # its own access record says so, once the application returns
+            self._close(linger=True)
+        else:
+            self.abort()
 
     def shutdown(self) -> None:
         """Graceful shutdown: close when idle, else after the response in flight."""
@@ -531,6 +653,52 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self.paused &= ~reason
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
+
+
+def _apply_forwarded(scope: dict[str, Any], state: ServerState) -> None:
+    """Client, scheme and Host from a trusted proxy's headers (RFC 7239 Forwarded, or X-Forwarded-*)."""
+    chain: list[str] = []
+    proto = host = None
+    headers: Headers = scope["headers"]
+    for name, value in headers:
+        if name == b"forwarded":
+            for element in value.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    key, _, item = pair.strip().partition("=")
+                    item = item.strip().strip('"')
+                    key = key.strip().lower()
+                    if key == "for":
+                        chain.append(_strip_port(item))
+                    elif key == "proto":
+                        proto = item
+                    elif key == "host":
+                        host = item
+        elif name == b"x-forwarded-for":
+            chain += [_strip_port(a.strip()) for a in value.decode("latin-1").split(",")]
+        elif name == b"x-forwarded-proto":
+            proto = value.decode("latin-1").split(",")[-1].strip()
+        elif name == b"x-forwarded-host":
+            host = value.decode("latin-1").split(",")[-1].strip()
+    # the nearest proxy appends last: walk back over the proxies we trust to the first address we do not
+    for address in reversed(chain):
+        if address and not state.is_trusted(address):
+            scope["client"] = (address, 0)
+            break
+    else:
+        if chain and chain[0]:
+            scope["client"] = (chain[0], 0)
+    if proto is not None and proto.lower() in ("http", "https"):
+        scope["scheme"] = proto.lower()
+    if host and all(c.isalnum() or c in ".-:[]_" for c in host):
+        scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host.encode("ascii"))]
+
+
+def _strip_port(address: str) -> str:
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from shipyard.server.config import ServerConfig
@@ -21,6 +21,11 @@ log = logging.getLogger("shipyard.server")
 
 # beyond the graceful timeout, how long a worker gets to run its lifespan shutdown before it is killed
 _EXIT_MARGIN = 5.0
+# a worker that dies sooner than this after its start died "soon": its replacement waits, longer each time
+# in a row (a crash at every start would otherwise spin a core on spawning and importing)
+_SOON = 10.0
+_FIRST_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
 
 
 def bind(config: ServerConfig) -> socket.socket:
@@ -37,6 +42,8 @@ class _Worker:
     process: subprocess.Popen[bytes]
     ready_fd: int | None  # our end of the pipe the worker writes a byte to once it serves
     started_at: float
+    failures: int = 0  # deaths in a row, each soon after its start
+    restart_at: float | None = None  # dead: when its replacement starts
 
     @property
     def ready(self) -> bool:
@@ -50,6 +57,7 @@ class Supervisor:
         self.workers: list[_Worker] = []
         self.stopping = False
         self.failed = False
+        self.announced = False  # the banner is out
         self._lifeline_read, self._lifeline_write = os.pipe()
 
     def _spawn(self, number: int) -> _Worker:
@@ -65,7 +73,8 @@ class Supervisor:
             str(ready_write),
             "--lifeline-fd",
             str(self._lifeline_read),
-            self.config.to_json(),
+            # the banner is the supervisor's alone, and may hold a secret: not on a worker's command line
+            replace(self.config, banner=None).to_json(),
         ]
         try:
             process = subprocess.Popen(cmd, pass_fds=(fd, ready_write, self._lifeline_read))
@@ -109,7 +118,9 @@ class Supervisor:
     def _watch(self, wake_read: int) -> None:
         waiting = {w.ready_fd: w for w in self.workers if w.ready_fd is not None}
         try:
-            readable, _, _ = select.select([wake_read, *waiting], [], [], 1.0)
+            due = [w.restart_at for w in self.workers if w.restart_at is not None]
+            timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in due)])
+            readable, _, _ = select.select([wake_read, *waiting], [], [], timeout)
         except InterruptedError:
             readable = []
         for fd in readable:
@@ -123,7 +134,17 @@ class Supervisor:
                 os.close(fd)
                 worker.ready_fd = None
                 log.debug("worker %d (pid %d) is serving", worker.number, worker.process.pid)
+        if not self.announced and all(w.ready for w in self.workers):
+            # once, and only now: whoever reads it may connect at once (a restarted worker does not repeat it)
+            self.announced = True
+            if self.config.banner is not None:
+                print(self.config.banner, flush=True)
         for index, worker in enumerate(self.workers):
+            if worker.restart_at is not None:
+                if time.monotonic() >= worker.restart_at and not self.stopping:
+                    self.workers[index] = self._spawn(worker.number)
+                    self.workers[index].failures = worker.failures
+                continue
             code = worker.process.poll()
             if code is None or self.stopping:
                 continue
@@ -133,10 +154,17 @@ class Supervisor:
                 self.failed = True
                 self.stopping = True
                 return
+            soon = time.monotonic() - worker.started_at < _SOON
+            worker.failures = worker.failures + 1 if soon else 0
+            delay = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (worker.failures - 1)) if soon else 0.0
             log.warning(
-                "worker %d (pid %d) died (%s); starting a new one", worker.number, worker.process.pid, how
+                "worker %d (pid %d) died (%s); starting a new one in %.1f s",
+                worker.number,
+                worker.process.pid,
+                how,
+                delay,
             )
-            self.workers[index] = self._spawn(worker.number)
+            worker.restart_at = time.monotonic() + delay
 
     def _stop_workers(self) -> None:
         """SIGTERM to every worker, then wait for them; whoever outlives the grace period is killed."""

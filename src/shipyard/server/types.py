@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -11,3 +12,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """One finished request, as the server hands it to the application's `access_observer`."""
+
+    time: float  # epoch seconds when the request head was complete
+    client: str  # the client's address, after trusted proxy headers
+    method: str
+    path: str
+    route: str | None  # scope["route"] as the application left it
+    status: int
+    bytes_received: int  # request body bytes
+    bytes_sent: int  # response body bytes
+    duration: float  # seconds
+    request_id: str
+    principal: str | None
+    repository: str | None

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -122,8 +123,28 @@ class _Ticker:
         self.handle.cancel()
 
 
+def raise_descriptor_limit(max_connections: int) -> None:
+    """Lift the soft limit on open files to what max_connections may take, within the hard limit: a
+    connection can hold its socket, a file it sends and a second descriptor of its socket meanwhile."""
+    needed = 3 * max_connections + 256  # and the database, the logs, the application's own files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit (%d) is below what %d connections may need (%d): lower max_connections",
+            soft,
+            max_connections,
+            needed,
+        )
+
+
 async def _serve(config: ServerConfig, fd: int, ready_fd: int | None, lifeline_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
+    raise_descriptor_limit(config.max_connections)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     app = load_app(config.app, factory=config.factory)
