@@ -343,7 +343,8 @@ def test_the_consistency_checker_sees_damage(tmp_path: Path) -> None:
         conn.execute("DELETE FROM blobs WHERE digest = ?", (sha256(config),))
         conn.execute("UPDATE tags SET manifest_id = 999")
         conn.execute(
-            "INSERT INTO upload_sessions VALUES (?, 'checker/app', 10, '2026-01-01', '2026-01-01')",
+            "INSERT INTO upload_sessions (id, repository, size, created_at, updated_at)"
+            " VALUES (?, 'checker/app', 10, '2026-01-01', '2026-01-01')",
             (upload_id,),
         )
     conn.close()
