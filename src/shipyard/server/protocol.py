@@ -98,6 +98,7 @@ class ServerState:
         """Once a second: a fresh Date header, and connections past their deadline."""
         clock = self.clock
         clock.tick()
+        self.access.flush()
         now = clock.now
         for conn in [c for c in self.connections if c.deadline is not None and c.deadline < now]:
             conn.deadline_passed()

@@ -81,6 +81,7 @@ class Worker:
         finally:
             await self._shut_down(server)
             ticker.cancel()
+            state.access.flush()
             await lifespan.shutdown()
 
     async def _shut_down(self, server: asyncio.Server) -> None:
@@ -149,6 +150,8 @@ async def _serve(config: ServerConfig, fd: int, ready_fd: int | None, lifeline_f
     sock.setblocking(False)
     app = load_app(config.app, factory=config.factory)
     worker = Worker(app, config, sock)
+    # configure_logging writes to standard error: the access log joins it there, in batches
+    worker.state.access.buffer_to(sys.stderr.fileno())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
     if lifeline_fd is not None:
