@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(None, description="PEM certificate chain to serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    metrics_access: Literal["loopback", "any", "token"] = Field(
+        "loopback",
+        description=(
+            "who may read /metrics without a token: loopback clients, any client, or none (token only); "
+            "a client with metrics_token may always read it"
+        ),
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token that may read /metrics (compared in constant time, never logged)"
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -105,6 +115,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, Path):
                 value = value.resolve()
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             out[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
