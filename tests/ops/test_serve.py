@@ -152,3 +152,22 @@ def test_migrate_prints_one_line(tmp_path: Path) -> None:
     )
     assert done.stderr == ""
     assert done.stdout.startswith("database at ") and done.stdout.count("\n") == 1, done.stdout
+
+
+def test_readyz_is_503_when_the_schema_is_behind(tmp_path: Path) -> None:
+    import sqlite3
+
+    running = start_server(tmp_path / "data")
+    try:
+        assert httpx.get(f"{running.url}/readyz").status_code == 200
+        with sqlite3.connect(tmp_path / "data" / "shipyard.db") as db:
+            db.execute("UPDATE alembic_version SET version_num = '0001'")
+        response = httpx.get(f"{running.url}/readyz")
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "unavailable",
+            "checks": {"database": "ok", "storage": "ok", "migrations": "failed"},
+        }
+        assert httpx.get(f"{running.url}/healthz").status_code == 200
+    finally:
+        running.stop()
