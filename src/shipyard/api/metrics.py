@@ -52,6 +52,8 @@ class Finished(Protocol):
 
 
 Sampler = Callable[["Metrics"], None]
+# requests, latency, bytes received, bytes sent, failed logins (None unless a refused login)
+_Children = tuple[Counter, Histogram, Counter, Counter, Counter | None]
 
 
 class Metrics:
@@ -95,7 +97,7 @@ class Metrics:
         self.db_pool_size = Gauge(
             "shipyard_db_pool_size", "database connection pool size", multiprocess_mode="livesum", registry=r
         )
-        self._children: dict[tuple[str | None, str, int], tuple[object, ...]] = {}
+        self._children: dict[tuple[str | None, str, int], _Children] = {}
         self._totals: dict[str, int] = {}
         # per-worker samplers run periodically and before a scrape; scrape samplers only before a scrape
         self.samplers: list[Sampler] = []
@@ -108,16 +110,16 @@ class Metrics:
         if children is None:
             children = self._bind(key)
         requests, latency, received, sent, failed = children
-        requests.inc()  # type: ignore[attr-defined]
-        latency.observe(record.duration)  # type: ignore[attr-defined]
+        requests.inc()
+        latency.observe(record.duration)
         if record.bytes_received:
-            received.inc(record.bytes_received)  # type: ignore[attr-defined]
+            received.inc(record.bytes_received)
         if record.bytes_sent:
-            sent.inc(record.bytes_sent)  # type: ignore[attr-defined]
+            sent.inc(record.bytes_sent)
         if failed is not None:
-            failed.inc()  # type: ignore[attr-defined]
+            failed.inc()
 
-    def _bind(self, key: tuple[str | None, str, int]) -> tuple[object, ...]:
+    def _bind(self, key: tuple[str | None, str, int]) -> _Children:
         route, method, status = key
         route_label = route or _UNMATCHED
         method_label = method if method in _METHODS else "other"
