@@ -151,7 +151,7 @@ def build(
         public_url=settings.public_url,
     )
     metrics = make_metrics(settings, engine, registry)
-    periodic.every(5, metrics.metrics.sample, "metrics")
+    periodic.every(1, metrics.metrics.sample, "metrics")
     asgi = ShipyardASGI(
         context,
         auth=None if identity is None else AuthApi(identity, executor),

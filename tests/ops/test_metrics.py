@@ -22,6 +22,7 @@ class Record:
     bytes_received: int = 0
     bytes_sent: int = 0
     duration: float = 0.001
+    time: float = 0.0
 
 
 def scraped(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -133,3 +134,25 @@ def test_readiness_reports_each_failed_check_without_its_reason() -> None:
     result = ReadinessService({"database": broken, "storage": lambda: None}).check()
     assert not result.ready
     assert result.document() == {"status": "unavailable", "checks": {"database": "failed", "storage": "ok"}}
+
+
+def test_latencies_land_in_their_buckets() -> None:
+    metrics = Metrics()
+    for duration in (0.0005, 0.2, 0.25, 100.0):
+        metrics.observe(Record("/v2/", "GET", 200, duration=duration))
+    got = scraped(metrics)
+
+    def bucket(le: str) -> float:
+        labels = {"route": "/v2/", "method": "GET", "le": le}
+        return got[("shipyard_http_request_duration_seconds_bucket", frozenset(labels.items()))]
+
+    # a bucket counts the durations up to and including its bound
+    assert bucket("0.0005") == 1
+    assert bucket("0.1") == 1
+    assert bucket("0.25") == 3
+    assert bucket("60.0") == 3
+    assert bucket("+Inf") == 4
+    total = got[
+        ("shipyard_http_request_duration_seconds_sum", frozenset({"route": "/v2/", "method": "GET"}.items()))
+    ]
+    assert total == pytest.approx(100.4505)

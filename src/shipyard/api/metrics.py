@@ -5,6 +5,8 @@ With several worker processes every process writes its values to files in a dire
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import hmac
 import ipaddress
 import logging
@@ -12,7 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -31,6 +33,8 @@ _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"
 _UNMATCHED = "unmatched"
 _TOKEN_ROUTE = "/token"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# how stale a worker's figures may be in a scrape answered by another worker
+_FLUSH_SECONDS = 1.0
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
@@ -49,6 +53,8 @@ class Finished(Protocol):
     def bytes_sent(self) -> int: ...
     @property
     def duration(self) -> float: ...
+    @property
+    def time(self) -> float: ...
 
 
 Sampler = Callable[["Metrics"], None]
@@ -98,26 +104,62 @@ class Metrics:
             "shipyard_db_pool_size", "database connection pool size", multiprocess_mode="livesum", registry=r
         )
         self._children: dict[tuple[str | None, str, int], _Children] = {}
+        # per request only plain numbers change; flush() hands them to prometheus-client, whose every
+        # increment is a locked write to a shared file in multiprocess mode
+        self._bounds = (*_LATENCY_BUCKETS, float("inf"))
+        self._pending: dict[tuple[str | None, str, int], list[Any]] = {}
+        self._flush_due = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._totals: dict[str, int] = {}
         # per-worker samplers run periodically and before a scrape; scrape samplers only before a scrape
         self.samplers: list[Sampler] = []
         self.scrape_samplers: list[Sampler] = []
 
     def observe(self, record: Finished) -> None:
-        """Called once per finished request on the event loop: a dict lookup and a few increments."""
+        """Called once per finished request on the event loop: a dict lookup and a few additions."""
         key = (record.route, record.method, record.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._bind(key)
-        requests, latency, received, sent, failed = children
-        requests.inc()
-        latency.observe(record.duration)
-        if record.bytes_received:
-            received.inc(record.bytes_received)
-        if record.bytes_sent:
-            sent.inc(record.bytes_sent)
-        if failed is not None:
-            failed.inc()
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = [0, 0.0, 0, 0, [0] * len(self._bounds)]
+            if self._loop is None:
+                self._loop = _running_loop()
+        duration = record.duration
+        pending[0] += 1
+        pending[1] += duration
+        pending[2] += record.bytes_received
+        pending[3] += record.bytes_sent
+        pending[4][bisect.bisect_left(self._bounds, duration)] += 1
+        if record.time >= self._flush_due:
+            self.flush()
+            self._flush_due = record.time + _FLUSH_SECONDS
+
+    def flush(self) -> None:
+        """Hand the pending figures to the metrics; only on the event loop's thread, like observe()."""
+        pending, self._pending = self._pending, {}
+        for key, (count, duration, received_bytes, sent_bytes, buckets) in pending.items():
+            children = self._children.get(key)
+            if children is None:
+                children = self._bind(key)
+            requests, latency, received, sent, failed = children
+            requests.inc(count)
+            # prometheus-client has no bulk observe: its histogram child keeps a sum and one
+            # counter value per bucket
+            latency._sum.inc(duration)
+            for value, bucket in zip(buckets, latency._buckets, strict=True):
+                if value:
+                    bucket.inc(value)
+            if received_bytes:
+                received.inc(received_bytes)
+            if sent_bytes:
+                sent.inc(sent_bytes)
+            if failed is not None:
+                failed.inc(count)
+
+    def flush_soon(self) -> None:
+        """From another thread: have the event loop flush what its requests left pending."""
+        loop = self._loop
+        if self._pending and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.flush)
 
     def _bind(self, key: tuple[str | None, str, int]) -> _Children:
         route, method, status = key
@@ -141,6 +183,8 @@ class Metrics:
             self._totals[name] = total
 
     def sample(self) -> None:
+        """Run the samplers (any thread), and have pending request figures flushed."""
+        self.flush_soon()
         for sampler in self.samplers:
             try:
                 sampler(self)
@@ -148,6 +192,7 @@ class Metrics:
                 log.exception("metrics sampler failed")
 
     def render(self) -> bytes:
+        self.flush()
         self.sample()
         for sampler in self.scrape_samplers:
             try:
@@ -174,8 +219,16 @@ class Metrics:
 
     def stop(self) -> None:
         """A worker that exits cleanly takes its live gauges with it."""
+        self.flush()
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _alive(pid: int) -> bool:
