@@ -5,6 +5,7 @@ importing the application has its logging set up already, before it can tell ale
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def alembic_config(engine: Engine) -> Config:
     from alembic.config import Config
 
-    config = Config()
+    # the stream of now: a default bound at import would keep whatever sys.stdout was then
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
@@ -58,7 +60,8 @@ def head_revisions() -> set[str]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    config = Config()
+    # the stream of now: a default bound at import would keep whatever sys.stdout was then
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(MIGRATIONS))
     return set(ScriptDirectory.from_config(config).get_heads())
 
