@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -159,7 +160,9 @@ class Metrics:
         """From another thread: have the event loop flush what its requests left pending."""
         loop = self._loop
         if self._pending and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.flush)
+            # the loop may close between the look and the call (a worker shutting down)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.flush)
 
     def _bind(self, key: tuple[str | None, str, int]) -> _Children:
         route, method, status = key
