@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from shipyard.api.asgi import ShipyardASGI
 from shipyard.api.auth import AuthApi
 from shipyard.api.management import ManagementApi
+from shipyard.api.metrics import Metrics, MetricsEndpoint
 from shipyard.api.oci.context import Context
 from shipyard.auth.keys import KeyRing, SigningKeyError
 from shipyard.config import Settings, SettingsError, load_settings
@@ -23,6 +27,7 @@ from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.services.access import AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
+from shipyard.services.health import ReadinessService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
 from shipyard.services.registry import RegistryService
 from shipyard.storage.base import BlobStore
@@ -31,6 +36,9 @@ from shipyard.storage.filesystem import FilesystemBlobStore
 from shipyard.storage.memory import MemoryBlobStore
 
 log = logging.getLogger(__name__)
+
+# prometheus-client's own variable: `shipyard serve` points it at a fresh directory for its workers
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 BLOB_STORES: dict[str, Callable[[Settings], BlobStore]] = {
     "filesystem": lambda s: FilesystemBlobStore(
@@ -150,6 +158,8 @@ def build(
         auth_service=None if identity is None else settings.auth_service,
         public_url=settings.public_url,
     )
+    metrics = make_metrics(settings, engine, registry)
+    periodic.every(1, metrics.metrics.sample, "metrics")
     asgi = ShipyardASGI(
         context,
         auth=None if identity is None else AuthApi(identity, executor),
@@ -164,10 +174,70 @@ def build(
             periodic.stop,
             metadata.stop_watching,
             registry.pulls.flush,
+            metrics.metrics.stop,
             *([] if identity is None else [identity.shutdown]),
         ],
+        readiness=make_readiness(engine, registry.blobs),
+        metrics=metrics,
     )
     return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
+
+
+def make_readiness(engine: Engine, blobs: BlobStore) -> ReadinessService:
+    def database() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def storage() -> None:
+        if isinstance(blobs, FilesystemBlobStore):
+            root = blobs.root
+            if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+                raise RuntimeError(f"blob store root {root} is not a writable directory")
+
+    # the shipped migrations do not change while the process runs: read them once, at the first probe
+    heads = functools.cache(migrate.head_revisions)
+
+    def migrations() -> None:
+        migrate.require_at_head(engine, heads())
+
+    return ReadinessService({"database": database, "storage": storage, "migrations": migrations})
+
+
+def make_metrics(settings: Settings, engine: Engine, registry: RegistryService) -> MetricsEndpoint:
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    if settings.metrics_access == "token" and not token:
+        raise SettingsError(
+            "invalid setting metrics_access (SHIPYARD_METRICS_ACCESS): 'token' needs metrics_token"
+        )
+    directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    metrics = Metrics(multiprocess_dir=Path(directory) if directory else None)
+    pool = engine.pool
+
+    def database_pool(m: Metrics) -> None:
+        # SQLite's pools other than the queue pool have no size to report
+        size = getattr(pool, "size", None)
+        checked_out = getattr(pool, "checkedout", None)
+        if callable(size) and callable(checked_out):
+            m.db_pool_size.set(size())
+            m.db_pool_checked_out.set(checked_out())
+
+    def manifest_cache(m: Metrics) -> None:
+        m.count_to("cache-hits", m.manifest_cache.labels("hit"), registry.manifest_cache_hits)
+        m.count_to("cache-misses", m.manifest_cache.labels("miss"), registry.manifest_cache_misses)
+
+    def uploads(m: Metrics) -> None:
+        m.uploads_in_progress.set(sum(1 for _ in registry.blobs.uploads()))
+
+    metrics.samplers += [database_pool, manifest_cache]
+    # every worker sees the same upload sessions: counting them once per scrape is enough
+    metrics.scrape_samplers.append(uploads)
+    return MetricsEndpoint(metrics, access=settings.metrics_access, token=token)
+
+
+def quiet_libraries(level: str) -> None:
+    """Alembic tells at INFO what it sets up and which dialect it found; an operator needs none of it."""
+    if level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def make_identity(settings: Settings, engine: Engine) -> IdentityService:
@@ -203,4 +273,5 @@ def asgi_from_environment() -> ShipyardASGI:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_libraries(settings.log_level)
     return build(settings).asgi

@@ -163,6 +163,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported database {scheme!r}: give sqlite:///PATH or postgresql://...")
         return url
 
+    metrics_access: Literal["loopback", "any", "token"] = Field(
+        "loopback",
+        description=(
+            "who may read /metrics without a token: loopback clients, any client, or none (token only); "
+            "a client with metrics_token may always read it"
+        ),
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token that may read /metrics (compared in constant time, never logged)"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -185,6 +196,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, Path):
                 value = value.resolve()
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             out[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 

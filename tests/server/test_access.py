@@ -14,6 +14,11 @@ from tests.server.conftest import Reader, request, serving
 pytestmark = pytest.mark.usefixtures("server_loop")
 
 
+class FrameworkRoute:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 class Observed:
     """An application that annotates its scope, with an access observer that keeps what it is given."""
 
@@ -27,6 +32,8 @@ class Observed:
             return
         body = await read_body(receive)
         assert body is not None
+        if scope["path"] == "/framework":
+            scope["route"] = FrameworkRoute("/frame/{work}")  # as Starlette leaves its route object
         if scope["path"].startswith("/v2/"):
             scope["route"] = "/v2/{name}/manifests/{reference}"
             scope["principal"] = "alice"
@@ -152,3 +159,12 @@ def test_json_lines_escape_what_needs_it() -> None:
     assert document["route"] is None and document["repository"] is None
     assert document["time"] == "2001-09-09T01:46:40.000Z"
     assert document["duration_ms"] == 500.0
+
+
+def test_a_frameworks_route_object_gives_its_template() -> None:
+    app = Observed()
+    with serving(app) as server, server.connect() as sock:
+        sock.sendall(request("GET", "/framework"))
+        assert Reader(sock).response().status == 201
+    (record,) = app.records
+    assert record.route == "/frame/{work}"

@@ -115,6 +115,7 @@ class AuthApi:
         principal: PrincipalRecord = await self._run(
             self.identity.login, login, secret, source_of(request.scope)
         )
+        request.scope["principal"] = principal.login
         return principal
 
     async def _issue(
@@ -166,6 +167,7 @@ class AuthApi:
             principal = await self._run(self.identity.refresh, form.get("refresh_token", ""), source)
         else:
             raise _BadRequest(f"unsupported grant_type: {grant!r}")
+        request.scope["principal"] = principal.login
         offline = grant == "password" and form.get("access_type") == "offline"
         issued = await self._issue(request, principal, scopes, offline)
         document = _token_document(issued)

@@ -31,9 +31,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
+    from shipyard.app import quiet_libraries
     from shipyard.server.config import configure_logging
 
     configure_logging(settings.log_level)
+    quiet_libraries(settings.log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -84,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # tell people to log in to a server that may never start
         banner=_banner(settings, admin_password),
     )
+    _fresh_metrics_directory(settings)
     # the supervisor only starts and watches the workers: it execs into a process of its own (the same
     # pid) that never imports the application, 13 MiB instead of the ~95 MiB this one holds by now
     logging.shutdown()
@@ -96,6 +99,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.close(writer)
     os.set_inheritable(reader, True)
     os.execv(sys.executable, [sys.executable, "-m", "shipyard.server", "--config-fd", str(reader)])
+
+
+def _fresh_metrics_directory(settings: Settings) -> None:
+    """The workers' metric files live here; counts of an earlier run must not add to this one's."""
+    import shutil
+
+    from shipyard.app import MULTIPROCESS_DIR_VARIABLE
+
+    directory = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(directory)
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,20 +1,27 @@
-"""Apply and check Alembic migrations programmatically (no alembic.ini needed)."""
+"""Apply and check Alembic migrations programmatically (no alembic.ini needed).
+
+Alembic is imported inside the functions: its import logs a line per plugin at INFO, and a worker
+importing the application has its logging set up already, before it can tell alembic to be quiet."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def alembic_config(engine: Engine) -> Config:
-    config = Config()
+    from alembic.config import Config
+
+    # the stream of now: a default bound at import would keep whatever sys.stdout was then
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic keeps its options in a ConfigParser, which reads "%" as interpolation: a percent-escaped
     # password or query ("p%40ss", "?host=%2Ftmp") must reach it doubled
@@ -24,6 +31,8 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -32,14 +41,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def pending(engine: Engine) -> bool:
     """Whether the database's schema is behind the migrations (also on a database never migrated)."""
-    heads = set(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
-    with engine.connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    return current != heads
+    return current_revisions(engine) != head_revisions()
 
 
 def check(engine: Engine) -> None:
     """Raise if the models and the migrations disagree."""
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.connect() as connection:
         config.attributes["connection"] = connection
@@ -47,7 +55,33 @@ def check(engine: Engine) -> None:
 
 
 def revision(engine: Engine, message: str) -> None:
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.connect() as connection:
         config.attributes["connection"] = connection
         command.revision(config, message=message, autogenerate=True)
+
+
+def head_revisions() -> set[str]:
+    """The heads of the migrations shipped with this code (read once: they do not change at run time)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    # the stream of now: a default bound at import would keep whatever sys.stdout was then
+    config = Config(stdout=sys.stdout)
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return set(ScriptDirectory.from_config(config).get_heads())
+
+
+def current_revisions(engine: Engine) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def require_at_head(engine: Engine, heads: set[str]) -> None:
+    current = current_revisions(engine)
+    if current != heads:
+        raise RuntimeError(f"database schema at {sorted(current)}, this code needs {sorted(heads)}")

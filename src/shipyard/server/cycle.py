@@ -160,13 +160,18 @@ class RequestCycle:
         client = scope["client"]
         # no response: the client went away first (nginx's 499)
         status = self.status or 499
+        route = scope.get("route")
+        if route is not None and not isinstance(route, str):
+            # a framework's route object (Starlette puts its own there): its path is the template
+            route = getattr(route, "path", None)
+            route = route if isinstance(route, str) else None
         access.record(
             AccessRecord(
                 self.started,
                 client[0] if client else "-",
                 scope["method"],
                 scope["path"],
-                scope.get("route"),
+                route,
                 status,
                 self.received,
                 self.sent,

@@ -125,6 +125,9 @@ class RegistryService:
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._states: OrderedDict[str, UploadState] = OrderedDict()
         self._hashers_lock = threading.Lock()
+        # plain counts (the manifest GET path is hot); the metrics read them when sampled
+        self.manifest_cache_hits = 0
+        self.manifest_cache_misses = 0
 
     @property
     def reads_are_instant(self) -> bool:
@@ -443,8 +446,11 @@ class RegistryService:
         I/O, so callers may ask on the event loop before falling back to `get_manifest`."""
         found = self.metadata.cached_manifest(repository, reference)
         if found is not None:
+            self.manifest_cache_hits += 1
             # only validated references are ever cached, so a hit needs no parsing
             self.pulls.record(found.id)
+        else:
+            self.manifest_cache_misses += 1
         return found
 
     def get_manifest(self, repository: str, reference: str) -> StoredManifest:

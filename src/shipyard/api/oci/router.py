@@ -32,6 +32,15 @@ _ROUTE = re.compile(
 _HOST = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z"
 )
+# route templates by the group that matched last, for metrics and the access log (never the raw path)
+_TEMPLATES: dict[str | None, str] = {
+    "reference": "/v2/{name}/manifests/{reference}",
+    "uploads": "/v2/{name}/blobs/uploads/",
+    "upload": "/v2/{name}/blobs/uploads/{uuid}",
+    "digest": "/v2/{name}/blobs/{digest}",
+    "tags": "/v2/{name}/tags/list",
+    "subject": "/v2/{name}/referrers/{digest}",
+}
 
 _ACTIONS: dict[str, Action] = {
     "GET": "pull",
@@ -120,13 +129,16 @@ class OciApi:
         path = request.path
         client = request.scope.get("client")
         identity = ctx.access.authenticate(request.header("authorization"), client[0] if client else None)
+        request.scope["principal"] = None if identity.anonymous else identity.subject
         if path in ("/v2/", "/v2"):
+            request.scope["route"] = "/v2/"
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
             ctx.access.require_authenticated(identity)
             await respond_json(send, 200, {})
             return
         if path == "/v2/_catalog":
+            request.scope["route"] = "/v2/_catalog"
             if method != "GET":
                 raise MethodNotAllowed("GET")
             ctx.access.authorize(identity, None, "pull")
@@ -136,8 +148,10 @@ class OciApi:
         if match is None:
             await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
             return
+        request.scope["route"] = _TEMPLATES[match.lastgroup if match["upload"] != "" else "uploads"]
         name = validate_name(match["name"])
         allow = _allowed_methods(match)
+        request.scope["repository"] = name
         action = _ACTIONS.get(method)
         if action is None or method not in allow:
             raise MethodNotAllowed(", ".join(allow))
