@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field("text", description="access log lines: text or json")
     access_log: bool = Field(True, description="one log line per request on the shipyard.access logger")
+    metrics_access: Literal["loopback", "any", "token"] = Field(
+        "loopback",
+        description=(
+            "who may read /metrics without a token: loopback clients, any client, or none (token only); "
+            "a client with metrics_token may always read it"
+        ),
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token that may read /metrics (compared in constant time, never logged)"
+    )
 
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
@@ -162,17 +172,6 @@ class Settings(BaseSettings):
         if scheme not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {scheme!r}: give sqlite:///PATH or postgresql://...")
         return url
-
-    metrics_access: Literal["loopback", "any", "token"] = Field(
-        "loopback",
-        description=(
-            "who may read /metrics without a token: loopback clients, any client, or none (token only); "
-            "a client with metrics_token may always read it"
-        ),
-    )
-    metrics_token: SecretStr | None = Field(
-        None, description="bearer token that may read /metrics (compared in constant time, never logged)"
-    )
 
     @property
     def resolved_database_url(self) -> str:

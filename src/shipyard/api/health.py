@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from shipyard.api.errors import error_body
-from shipyard.api.http import JSON, respond
+from shipyard.api.http import JSON, refused_unless_read, respond
 from shipyard.api.oci.context import Context
 from shipyard.api.types import Receive, Scope, Send
 from shipyard.services.health import ReadinessService
@@ -24,9 +23,7 @@ class HealthApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            body = error_body("UNSUPPORTED", "method not allowed")
-            await respond(send, 405, {"content-type": JSON, "allow": "GET, HEAD"}, body)
+        if await refused_unless_read(method, send):
             return
         head = method == "HEAD"
         if scope["path"] == HEALTH_PATH:

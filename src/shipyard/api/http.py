@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
+from shipyard.api.errors import error_body
 from shipyard.api.types import Headers, Receive, Scope, Send
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
@@ -133,3 +134,13 @@ async def respond_raw(send: Send, status: int, headers: Headers, body: bytes, *,
 async def respond_json(send: Send, status: int, document: Any, headers: dict[str, str] | None = None) -> None:
     merged = {"content-type": JSON, **(headers or {})}
     await respond(send, status, merged, json.dumps(document).encode())
+
+
+async def refused_unless_read(method: str, send: Send) -> bool:
+    """For endpoints that only serve reads: answer anything but GET and HEAD with 405 and `Allow`.
+    True when it did, and the caller is done."""
+    if method in ("GET", "HEAD"):
+        return False
+    body = error_body("UNSUPPORTED", "method not allowed")
+    await respond(send, 405, {"content-type": JSON, "allow": "GET, HEAD"}, body)
+    return True

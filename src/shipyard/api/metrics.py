@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from shipyard.api.errors import error_body
-from shipyard.api.http import JSON, respond
+from shipyard.api.http import JSON, refused_unless_read, respond
 from shipyard.api.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -269,9 +269,7 @@ class MetricsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            body = error_body("UNSUPPORTED", "method not allowed")
-            await respond(send, 405, {"content-type": JSON, "allow": "GET, HEAD"}, body)
+        if await refused_unless_read(method, send):
             return
         head = method == "HEAD"
         refusal = self._refusal(scope)
