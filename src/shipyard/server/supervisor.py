@@ -60,7 +60,16 @@ class Supervisor:
         self.announced = False  # the banner is out
         self._lifeline_read, self._lifeline_write = os.pipe()
 
+    def _spawn_companion(self, number: int) -> _Worker:
+        command = [*self.config.companions[-number - 1], "--lifeline-fd", str(self._lifeline_read)]
+        # the lifeline as the workers have it: the companion reads end-of-file once this process is gone
+        process = subprocess.Popen(command, pass_fds=(self._lifeline_read,))
+        log.debug("companion %s started (pid %d)", " ".join(command[-1:]), process.pid)
+        return _Worker(number, process, None, time.monotonic())
+
     def _spawn(self, number: int) -> _Worker:
+        if number < 0:
+            return self._spawn_companion(number)
         ready_read, ready_write = os.pipe()
         fd = self.sock.fileno()
         cmd = [
@@ -98,6 +107,8 @@ class Supervisor:
         }
         try:
             self.workers = [self._spawn(number) for number in range(1, self.config.workers + 1)]
+            # companions have negative numbers: -1 is the first
+            self.workers += [self._spawn(-1 - index) for index in range(len(self.config.companions))]
             while not self.stopping:
                 self._watch(wake_read)
             self._stop_workers()
