@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -406,6 +405,7 @@ def cmd_admin_reset_password(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import select
     import signal
     import threading
 
@@ -431,8 +431,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             lifeline = args.lifeline_fd
 
             def watch() -> None:
-                with contextlib.suppress(OSError):
-                    os.read(lifeline, 1)  # returns at end of file: the supervisor is gone
+                # nothing is ever written: readable means end of file, the supervisor is gone. The
+                # server workers' event loops may have made the shared descriptor non-blocking.
+                while True:
+                    select.select([lifeline], [], [])
+                    try:
+                        if not os.read(lifeline, 1):
+                            break
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        break
                 log.warning("the supervisor is gone: the worker stops")
                 worker.stop()
 

@@ -49,6 +49,10 @@ class _Worker:
     def ready(self) -> bool:
         return self.ready_fd is None
 
+    @property
+    def name(self) -> str:
+        return f"worker {self.number}" if self.number > 0 else f"companion {-self.number}"
+
 
 class Supervisor:
     def __init__(self, config: ServerConfig, sock: socket.socket) -> None:
@@ -161,7 +165,7 @@ class Supervisor:
                 continue
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             if not worker.ready:
-                log.error("worker %d (pid %d) failed to start (%s)", worker.number, worker.process.pid, how)
+                log.error("%s (pid %d) failed to start (%s)", worker.name, worker.process.pid, how)
                 self.failed = True
                 self.stopping = True
                 return
@@ -169,8 +173,8 @@ class Supervisor:
             worker.failures = worker.failures + 1 if soon else 0
             delay = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (worker.failures - 1)) if soon else 0.0
             log.warning(
-                "worker %d (pid %d) died (%s); starting a new one in %.1f s",
-                worker.number,
+                "%s (pid %d) died (%s); starting a new one in %.1f s",
+                worker.name,
                 worker.process.pid,
                 how,
                 delay,
@@ -189,9 +193,7 @@ class Supervisor:
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning(
-                    "worker %d (pid %d) did not stop in time: killed", worker.number, worker.process.pid
-                )
+                log.warning("%s (pid %d) did not stop in time: killed", worker.name, worker.process.pid)
                 worker.process.kill()
                 worker.process.wait()
 
