@@ -262,7 +262,10 @@ class JobStore:
             else:
                 due = cast(datetime, _aware(current))
                 if due > now:
-                    return None
+                    if (due - now).total_seconds() <= period:
+                        return None
+                    # further off than a whole period: the period was shortened since; this one is due
+                    due = _boundary_before(now, period)
                 # compare-and-set: a second worker that read the same time finds it moved
                 moved = connection.execute(
                     update(SCHEDULES)

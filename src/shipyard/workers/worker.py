@@ -107,7 +107,10 @@ class Worker:
                 self._due[schedule.name] = claimed[0].timestamp()
                 continue
             following = self.store.next_run(schedule.name)
-            self._due[schedule.name] = following.timestamp() if following else now + schedule.every
+            # never later than one period from now: a worker with a shorter period than the one that
+            # set the time claims the next period itself (see claim_period)
+            soonest = now + schedule.every
+            self._due[schedule.name] = min(following.timestamp(), soonest) if following else soonest
 
     def run_one(self) -> bool:
         """Lease one due job and run it; False when none was due."""

@@ -217,6 +217,18 @@ def test_each_period_of_a_schedule_is_claimed_once(store: JobStore, clock: Clock
     assert store.next_run("gc") == datetime(2026, 12, 1, 12, 0, 3, tzinfo=UTC)
 
 
+def test_a_shortened_period_takes_effect_at_once(store: JobStore, clock: Clock) -> None:
+    first = store.claim_period("gc", "gc", 3600)
+    assert first is not None and first[1] is not None
+    store.lease("w", ["gc"], 30)
+    store.complete(first[1], "w")
+    clock.advance(5)
+    claimed = store.claim_period("gc", "gc", 1)  # the next hour is further off than a period of 1 s
+    assert claimed is not None and claimed[1] is not None
+    assert claimed[0] == datetime(2026, 12, 1, 12, 0, 6, tzinfo=UTC)
+    assert store.claim_period("gc", "gc", 1) is None
+
+
 def test_workers_racing_for_a_period_enqueue_one_job(engine: Engine) -> None:
     stores = [JobStore(engine) for _ in range(6)]
     results: list[object] = []
