@@ -13,8 +13,9 @@ from sqlalchemy import Engine
 
 from shipyard.db import migrate
 from shipyard.db.engine import make_engine
-from shipyard.domain.jobs import JobConflict, JobNotFound
+from shipyard.domain.jobs import JobConflict, JobNotFound, JobRecord
 from shipyard.workers.store import Backoff, JobStore
+from tests.support.postgres import PostgresServer
 from tests.unit.db.databases import icu_database
 
 
@@ -266,3 +267,30 @@ def test_concurrent_workers_lease_each_job_once(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert sorted(leased) == sorted(ids)
+
+
+def test_on_postgresql_a_locked_candidate_is_skipped_not_waited_for(postgres: PostgresServer) -> None:
+    """(SQLite has no row locks: its write transaction serializes leasing instead.)"""
+    from sqlalchemy import select
+
+    from shipyard.workers.store import JOBS
+
+    engine = make_engine(postgres.create_database())
+    try:
+        migrate.upgrade(engine)
+        store = JobStore(engine)
+        first, second = store.enqueue("gc"), store.enqueue("gc")
+        leased: list[object] = []
+        with engine.connect() as other, other.begin():
+            # another worker's leasing transaction, between its SELECT ... FOR UPDATE and its UPDATE
+            other.execute(select(JOBS.c.id).where(JOBS.c.id == first).with_for_update())
+            thread = threading.Thread(target=lambda: leased.append(store.lease("w", ["gc"], 30)))
+            thread.start()
+            thread.join(5)
+            waited = thread.is_alive()
+        thread.join()
+        assert not waited, "leasing waited for the other transaction's lock"
+        [job] = leased
+        assert isinstance(job, JobRecord) and job.id == second
+    finally:
+        engine.dispose()
