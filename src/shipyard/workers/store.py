@@ -121,15 +121,16 @@ class JobStore:
         if not kinds:
             return None
         while True:
+            # an idle worker asks often: it looks first in a read transaction, which on SQLite does not
+            # take the write lock that the registry's own writes wait for
+            with read_transaction(self.engine) as connection:
+                if connection.execute(select(JOBS.c.id).where(self._due(kinds)).limit(1)).first() is None:
+                    return None
             with write_transaction(self.engine) as connection:
                 now = self.clock()
-                due = or_(
-                    and_(JOBS.c.state.in_(WAITING), JOBS.c.run_at <= now),
-                    and_(JOBS.c.state == "running", JOBS.c.lease_expires_at <= now),
-                )
                 candidate = connection.execute(
                     select(JOBS)
-                    .where(due, JOBS.c.kind.in_(list(kinds)))
+                    .where(self._due(kinds, now))
                     .order_by(JOBS.c.run_at, JOBS.c.id)
                     .limit(1)
                     .with_for_update(skip_locked=True)
@@ -164,6 +165,16 @@ class JobStore:
                     update(JOBS).where(JOBS.c.id == candidate.id).values(**values).returning(*JOBS.c)
                 ).one()
                 return _record(row)
+
+    def _due(self, kinds: Collection[str], now: datetime | None = None) -> Any:
+        now = now or self.clock()
+        return and_(
+            JOBS.c.kind.in_(list(kinds)),
+            or_(
+                and_(JOBS.c.state.in_(WAITING), JOBS.c.run_at <= now),
+                and_(JOBS.c.state == "running", JOBS.c.lease_expires_at <= now),
+            ),
+        )
 
     def heartbeat(self, job_id: int, owner: str, seconds: float) -> bool:
         """Renew the lease; False when it is no longer `owner`'s (it expired and another worker took it)."""
