@@ -98,7 +98,14 @@ def test_bad_requests_and_unknown_jobs(admin: httpx.Client) -> None:
     missing = admin.get("/api/v1/jobs/999999999")
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "NOT_FOUND"
     assert admin.post("/api/v1/jobs/999999999/retry").status_code == 404
-    for params in ({"state": "sleeping"}, {"last": "x"}, {"n": "0"}, {"limit": "3"}):
+    for params in (
+        {"state": "sleeping"},
+        {"state": ""},
+        {"last": "x"},
+        {"last": ""},
+        {"n": "0"},
+        {"limit": "3"},
+    ):
         answer = admin.get("/api/v1/jobs", params=params)
         assert answer.status_code == 400, (params, answer.text)
         assert answer.json()["errors"][0]["code"] == "UNSUPPORTED"

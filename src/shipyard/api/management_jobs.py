@@ -89,10 +89,9 @@ async def list_jobs(
     request: Request,
     response: Response,
     n: PageSize = DEFAULT_PAGE,
-    last: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="continue after this job id"), _blank_is(None)
-    ] = None,
-    state: Annotated[JobState | None, Query(description="only jobs in this state"), _blank_is(None)] = None,
+    # no blank-means-absent here: the document says an integer and a state, and so does the check
+    last: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="continue after this job id")] = None,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     kind: Annotated[
         str | None, Query(max_length=100, description="only jobs of this kind"), _blank_is(None)
     ] = None,
