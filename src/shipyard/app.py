@@ -239,7 +239,9 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
     retention = timedelta(seconds=settings.job_retention_seconds)
     handlers = Handlers()
     handlers.add("purge-uploads", lambda payload: registry.purge_uploads(max_age))
-    handlers.add("prune-jobs", lambda payload: store.prune(retention))
+    handlers.add(
+        "prune-jobs", lambda payload: store.prune(retention, scheduled_done_older_than=timedelta(hours=1))
+    )
     schedules = [
         Schedule("purge-uploads", settings.upload_purge_interval_seconds, "purge-uploads"),
         Schedule("prune-jobs", 3600, "prune-jobs"),

@@ -27,6 +27,8 @@ from shipyard.domain.management import Listing
 JOBS = cast(Any, Job.__table__)
 SCHEDULES = cast(Any, JobSchedule.__table__)
 MAX_ERROR = 4000
+# the unique key of a schedule's job: the prefix, the schedule's name, ":" and the period's start in ms
+SCHEDULED_PREFIX = "schedule:"
 
 
 def utcnow() -> datetime:
@@ -285,7 +287,7 @@ class JobStore:
                 )
                 if moved.rowcount != 1:
                     return None
-            prefix = f"schedule:{name}:"
+            prefix = f"{SCHEDULED_PREFIX}{name}:"
             unfinished = connection.execute(
                 select(JOBS.c.id)
                 .where(
@@ -379,14 +381,26 @@ class JobStore:
             raise JobNotFound(f"no job {job_id}")
         raise JobConflict(f"job {job_id} is {state}: {refusal}")
 
-    def prune(self, older_than: timedelta) -> int:
-        """Delete finished jobs (done, dead, cancelled) that finished longer ago than `older_than`."""
-        cutoff = self.clock() - older_than
+    def prune(self, older_than: timedelta, *, scheduled_done_older_than: timedelta | None = None) -> int:
+        """Delete finished jobs (done, dead, cancelled) that finished longer ago than `older_than`; the
+        successful runs of schedules already after `scheduled_done_older_than` (a schedule of one
+        second leaves 86,400 of them a day, and their failures stay as long as the others)."""
+        now = self.clock()
         with write_transaction(self.engine) as connection:
             result = connection.execute(
-                delete(JOBS).where(JOBS.c.state.in_(FINISHED), JOBS.c.finished_at < cutoff)
+                delete(JOBS).where(JOBS.c.state.in_(FINISHED), JOBS.c.finished_at < now - older_than)
             )
-            return int(result.rowcount)
+            pruned = int(result.rowcount)
+            if scheduled_done_older_than is not None:
+                result = connection.execute(
+                    delete(JOBS).where(
+                        JOBS.c.state == "done",
+                        JOBS.c.unique_key.startswith(SCHEDULED_PREFIX, autoescape=True),
+                        JOBS.c.finished_at < now - scheduled_done_older_than,
+                    )
+                )
+                pruned += int(result.rowcount)
+            return pruned
 
     def count(self, state: JobState) -> int:
         with read_transaction(self.engine) as connection:

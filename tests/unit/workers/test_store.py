@@ -198,6 +198,21 @@ def test_prune_deletes_only_jobs_finished_long_ago(store: JobStore, clock: Clock
     assert [j.id for j in store.list_jobs()] == [waiting]
 
 
+def test_the_successful_runs_of_schedules_go_sooner(store: JobStore, clock: Clock) -> None:
+    claimed = store.claim_period("tick", "tick", 1)
+    assert claimed is not None and claimed[1] is not None
+    store.lease("w", ["tick"], 30)
+    store.complete(claimed[1], "w")
+    other = store.enqueue("gc")
+    store.lease("w", ["gc"], 30)
+    store.complete(other, "w")  # type: ignore[arg-type]
+    clock.advance(2)
+    assert store.prune(timedelta(days=7), scheduled_done_older_than=timedelta(seconds=3)) == 0
+    clock.advance(2)
+    assert store.prune(timedelta(days=7), scheduled_done_older_than=timedelta(seconds=3)) == 1
+    assert [j.id for j in store.list_jobs()] == [other]
+
+
 def test_each_period_of_a_schedule_is_claimed_once(store: JobStore, clock: Clock) -> None:
     clock.now = datetime(2026, 12, 1, 12, 0, 0, 400_000, tzinfo=UTC)
     claimed = store.claim_period("gc", "gc", 1)
