@@ -308,9 +308,15 @@ def make_metrics(settings: Settings, engine: Engine, registry: RegistryService) 
     def uploads(m: Metrics) -> None:
         m.uploads_in_progress.set(sum(1 for _ in registry.blobs.uploads()))
 
+    jobs = make_job_store(settings, engine)
+
+    def job_states(m: Metrics) -> None:
+        for state, count in jobs.counts().items():
+            m.jobs.labels(state).set(count)
+
     metrics.samplers += [database_pool, manifest_cache]
-    # every worker sees the same upload sessions: counting them once per scrape is enough
-    metrics.scrape_samplers.append(uploads)
+    # every worker sees the same upload sessions and jobs: counting them once per scrape is enough
+    metrics.scrape_samplers += [uploads, job_states]
     return MetricsEndpoint(metrics, access=settings.metrics_access, token=token)
 
 

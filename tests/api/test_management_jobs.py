@@ -3,6 +3,7 @@ worker running): registry administrators see and act on the queue, nobody else d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -157,3 +158,15 @@ def test_the_jobs_commands(cli: ManageCli, store: JobStore) -> None:
     assert code == 1 and out == "" and err == "shipyard: no job 999999999 (NOT_FOUND), HTTP 404\n"
     code, _, err = cli.run("jobs", "retry", str(job_id))  # queued already
     assert code == 1 and "CONFLICT" in err and "409" in err and err.count("\n") == 1
+
+
+def test_metrics_count_the_jobs_by_state(server: ServerProcess, store: JobStore) -> None:
+    store.enqueue(KIND)
+    counts = store.counts()
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    shown = {
+        state: float(value)
+        for state, value in re.findall(r'^shipyard_jobs\{state="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    }
+    # no worker takes jobs of this kind: the one just queued is counted
+    assert set(shown) == set(counts) and shown["queued"] >= 1

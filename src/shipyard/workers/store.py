@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.models import Job, JobSchedule
-from shipyard.domain.jobs import FINISHED, WAITING, JobConflict, JobNotFound, JobRecord, JobState
+from shipyard.domain.jobs import FINISHED, JOB_STATES, WAITING, JobConflict, JobNotFound, JobRecord, JobState
 from shipyard.domain.management import Listing
 
 JOBS = cast(Any, Job.__table__)
@@ -402,14 +402,12 @@ class JobStore:
                 pruned += int(result.rowcount)
             return pruned
 
-    def count(self, state: JobState) -> int:
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state, 0 for those with none)."""
         with read_transaction(self.engine) as connection:
-            return int(
-                connection.execute(
-                    select(func.count()).select_from(JOBS).where(JOBS.c.state == state)
-                ).scalar()
-                or 0
-            )
+            rows = connection.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all()
+        found = {row[0]: int(row[1]) for row in rows}
+        return {state: found.get(state, 0) for state in JOB_STATES}
 
 
 def _next_boundary(now: datetime, period: float) -> datetime:

@@ -309,3 +309,10 @@ def test_on_postgresql_a_locked_candidate_is_skipped_not_waited_for(postgres: Po
         assert isinstance(job, JobRecord) and job.id == second
     finally:
         engine.dispose()
+
+
+def test_counts_by_state(store: JobStore) -> None:
+    store.enqueue("gc")
+    store.enqueue("gc")
+    store.lease("w", ["gc"], 30)
+    assert store.counts() == {"queued": 1, "running": 1, "done": 0, "failed": 0, "dead": 0, "cancelled": 0}
