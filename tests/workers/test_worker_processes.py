@@ -117,7 +117,12 @@ def test_two_workers_and_the_embedded_one_run_each_period_of_a_schedule_once(
             workers.append(
                 start_worker(tmp_path / "data", url, tmp_path / f"{name}.log", extra_env=every_second)
             )
-        time.sleep(6)
+        # all three race for each period once all three run (starting one takes seconds on a busy machine)
+        wait_for(
+            "every worker runs",
+            lambda: all("runs job kinds" in log for log in (server.log(), *(w.log() for w in workers))),
+        )
+        time.sleep(3)
         for worker in workers:
             assert worker.stop() == 0, worker.log()
     finally:
@@ -128,7 +133,7 @@ def test_two_workers_and_the_embedded_one_run_each_period_of_a_schedule_once(
     assert "the supervisor is gone" not in logs["embedded"]
     jobs = JobStore(engine).list_jobs(kind="purge-uploads", limit=1000)
     periods = [job.unique_key for job in jobs]
-    assert len(periods) == len(set(periods)) >= 4, periods
+    assert len(periods) == len(set(periods)) >= 3, periods
     assert all(key is not None and key.startswith("schedule:purge-uploads:") for key in periods)
     stamps = sorted(int(key.rsplit(":", 1)[1]) for key in periods if key)
     # periods of one second, each once (a machine too busy to claim one in its second may skip it)
