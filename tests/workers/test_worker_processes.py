@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -149,3 +150,40 @@ def test_two_workers_and_the_embedded_one_run_each_period_of_a_schedule_once(
     )
     assert sorted(ran) == sorted(job.id for job in jobs)
     assert set(ran.values()) == {1}, ran
+
+
+def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
+    tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'data' / 'shipyard.db'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        store = JobStore(engine)
+        worker = start_worker(
+            tmp_path / "data", url, tmp_path / "worker.log", extra_env=FAST, extra_args=SLOW_HANDLER
+        )
+        workers.append(worker)
+        trace = tmp_path / "trace"
+        job_id = store.enqueue("test-slow", {"seconds": 2, "trace": str(trace), "name": "slow"})
+        later = store.enqueue("test-slow", {"seconds": 0, "trace": str(trace), "name": "later"})
+        assert job_id is not None and later is not None
+        wait_for("the worker runs the job", lambda: store.get(job_id).state == "running")
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0, worker.log()
+        assert store.get(job_id).state == "done"
+        assert store.get(later).state == "queued"  # nothing more was leased after SIGTERM
+        assert "stopped" in worker.log()
+    finally:
+        engine.dispose()
+
+
+def test_serve_no_worker_runs_no_job_worker(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", extra_args=["--no-worker"])
+    try:
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+        assert len(commands) == 1 and b"shipyard.server.worker" in commands[0], commands
+    finally:
+        server.stop()
+    assert "runs job kinds" not in server.log()
