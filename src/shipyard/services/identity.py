@@ -22,7 +22,7 @@ from shipyard.db.accounts import AccountStore
 from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
 from shipyard.domain.errors import NameInvalid, NameUnknown, Unauthorized
 from shipyard.domain.names import validate_name
-from shipyard.services.access import Action, CatalogFilter, Identity
+from shipyard.services.access import NOBODY, Action, Actor, CatalogFilter, Identity
 from shipyard.services.failed_auth import MAX_NAME, FailedAuthAudit, truncate
 from shipyard.services.principals import PrincipalView
 
@@ -80,6 +80,8 @@ class TokenIdentity(Identity):
     principal_id: int | None = None
     # the client address, for the audit log
     source: str | None = None
+    # what the token grants, for the services to check
+    actor: Actor = NOBODY
 
 
 class IdentityService:
@@ -368,6 +370,7 @@ class TokenAccess:
             has_token=True,
             principal_id=principal_id,
             source=source,
+            actor=Actor.granted(claims.subject, ((a.type, a.name, a.actions) for a in claims.access)),
         )
         if version is not None:
             if len(self._known) >= 10_000:  # bound memory under a spray of tokens
@@ -432,6 +435,9 @@ class TokenAccess:
 
     def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
         return self.allowed_scope(identity, repository, action)
+
+    def actor(self, identity: Identity) -> Actor:
+        return identity.actor if isinstance(identity, TokenIdentity) else NOBODY
 
     def _require_account(self, repository: str) -> None:
         """A push creates the repository: only inside an account's namespace, or it would hold a

@@ -17,6 +17,7 @@ from concurrent.futures import Executor, Future
 
 from shipyard.domain.digest import Digest
 from shipyard.domain.records import BlobInfo, UploadState
+from shipyard.services.access import Actor
 from shipyard.services.registry import RegistryService, UploadAppender
 
 # Bytes go to the writer thread in batches of about this size, so that hops to it are few; the loop
@@ -186,10 +187,16 @@ async def pump(
 
 
 def _append_whole(
-    registry: RegistryService, name: str, upload_id: str, start: int | None, length: int | None, batch: Batch
+    registry: RegistryService,
+    actor: Actor,
+    name: str,
+    upload_id: str,
+    start: int | None,
+    length: int | None,
+    batch: Batch,
 ) -> UploadState:
     """Open the upload, write the whole chunk and commit it: one trip to a worker thread."""
-    appender = registry.begin_append(name, upload_id, start, length)
+    appender = registry.begin_append(actor, name, upload_id, start, length)
     try:
         return appender.finish(batch.pieces)
     except BaseException:
@@ -206,6 +213,7 @@ class BlobIngest:
 
     async def append(
         self,
+        actor: Actor,
         repository: str,
         upload_id: str,
         body: AsyncIterable[bytes],
@@ -223,15 +231,24 @@ class BlobIngest:
         batch = Batch()
         if (length is None or length < FIRST_BATCH) and await _receive(stream, batch, FIRST_BATCH):
             return await loop.run_in_executor(
-                self.executor, _append_whole, self.registry, repository, upload_id, start, length, batch
+                self.executor,
+                _append_whole,
+                self.registry,
+                actor,
+                repository,
+                upload_id,
+                start,
+                length,
+                batch,
             )
         appender = await loop.run_in_executor(
-            self.executor, self.registry.begin_append, repository, upload_id, start, length
+            self.executor, self.registry.begin_append, actor, repository, upload_id, start, length
         )
         return await pump(self.executor, stream, appender, batch)
 
     async def ingest(
         self,
+        actor: Actor,
         repository: str,
         body: AsyncIterable[bytes],
         digest: str,
@@ -245,28 +262,34 @@ class BlobIngest:
         parsed = Digest.parse(digest)  # before reading any byte
         loop = asyncio.get_running_loop()
         registry = self.registry
-        state = await loop.run_in_executor(self.executor, registry.start_upload, repository, principal)
+        state = await loop.run_in_executor(self.executor, registry.start_upload, actor, repository, principal)
         try:
             appender = await loop.run_in_executor(
-                self.executor, registry.begin_append, repository, state.id, None, length
+                self.executor, registry.begin_append, actor, repository, state.id, None, length
             )
             appended = await pump(self.executor, aiter(body), appender, Batch())
             return await loop.run_in_executor(
-                self.executor, registry.complete_upload, repository, state.id, str(parsed), appended
+                self.executor, registry.complete_upload, actor, repository, state.id, str(parsed), appended
             )
         except BaseException:
-            await loop.run_in_executor(self.executor, self._discard, repository, state.id)
+            await loop.run_in_executor(self.executor, self._discard, actor, repository, state.id)
             raise
 
     def ingest_sync(
-        self, repository: str, chunks: Iterable[bytes], digest: str, *, principal: str | None = None
+        self,
+        actor: Actor,
+        repository: str,
+        chunks: Iterable[bytes],
+        digest: str,
+        *,
+        principal: str | None = None,
     ) -> BlobInfo:
         """`ingest` for a caller in a thread of its own, with a plain iterable: it writes in that thread."""
         parsed = Digest.parse(digest)
         registry = self.registry
-        state = registry.start_upload(repository, principal)
+        state = registry.start_upload(actor, repository, principal)
         try:
-            appender = registry.begin_append(repository, state.id)
+            appender = registry.begin_append(actor, repository, state.id)
             try:
                 for chunk in chunks:
                     appender.write(chunk)
@@ -274,11 +297,11 @@ class BlobIngest:
             except BaseException:
                 appender.abort()
                 raise
-            return registry.complete_upload(repository, state.id, str(parsed), appended)
+            return registry.complete_upload(actor, repository, state.id, str(parsed), appended)
         except BaseException:
-            self._discard(repository, state.id)
+            self._discard(actor, repository, state.id)
             raise
 
-    def _discard(self, repository: str, upload_id: str) -> None:
+    def _discard(self, actor: Actor, repository: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):
-            self.registry.cancel_upload(repository, upload_id)
+            self.registry.cancel_upload(actor, repository, upload_id)

@@ -18,12 +18,15 @@ from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.digest import Digest
 from shipyard.domain.errors import BlobTooLarge, BlobUnknown, DigestInvalid
+from shipyard.services.access import Actor
 from shipyard.services.ingest import WRITE_BATCH, BlobIngest
 from shipyard.services.registry import RegistryService
 from shipyard.storage.filesystem import FilesystemBlobStore
 from tests.conftest import DATABASES, database_url
 
 REPO = "team/app"
+# the caller of these tests, as a token granting every action on their repositories carries it
+ACTOR = Actor.granted("tester", [("repository", name, ["*"]) for name in (REPO,)])
 MiB = 1024 * 1024
 
 
@@ -61,7 +64,7 @@ async def stream(pieces: list[bytes], fail_after: int | None = None) -> AsyncIte
 
 def assert_nothing_left(service: RegistryService, digest: str) -> None:
     with pytest.raises(BlobUnknown):
-        service.stat_blob(REPO, digest)
+        service.stat_blob(ACTOR, REPO, digest)
     assert service.blobs.stat(Digest.parse(digest)) is None
     assert list(service.blobs.uploads()) == []
     assert service.metadata.upload_ids() == set()
@@ -69,10 +72,10 @@ def assert_nothing_left(service: RegistryService, digest: str) -> None:
 
 def test_a_layer_streams_in_is_verified_and_linked(service: RegistryService, ingest: BlobIngest) -> None:
     pieces, digest = layer(5 * MiB + 17)
-    info = asyncio.run(ingest.ingest(REPO, stream(pieces), digest))
+    info = asyncio.run(ingest.ingest(ACTOR, REPO, stream(pieces), digest))
     assert (info.digest, info.size) == (digest, 5 * MiB + 17)
-    assert service.stat_blob(REPO, digest).size == info.size
-    assert b"".join(service.read_blob(digest)) == b"".join(pieces)
+    assert service.stat_blob(ACTOR, REPO, digest).size == info.size
+    assert b"".join(service.read_blob(ACTOR, REPO, digest)) == b"".join(pieces)
     assert list(service.blobs.uploads()) == []
 
 
@@ -80,18 +83,18 @@ def test_a_layer_from_a_plain_iterable_in_the_callers_thread(
     service: RegistryService, ingest: BlobIngest
 ) -> None:
     pieces, digest = layer(3 * MiB)
-    info = ingest.ingest_sync(REPO, iter(pieces), digest)
+    info = ingest.ingest_sync(ACTOR, REPO, iter(pieces), digest)
     assert info.size == 3 * MiB
-    assert b"".join(service.read_blob(digest)) == b"".join(pieces)
+    assert b"".join(service.read_blob(ACTOR, REPO, digest)) == b"".join(pieces)
 
 
 def test_a_wrong_digest_leaves_no_blob_and_no_upload(service: RegistryService, ingest: BlobIngest) -> None:
     pieces, digest = layer(2 * MiB)
     wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(DigestInvalid):
-        asyncio.run(ingest.ingest(REPO, stream(pieces), wrong))
+        asyncio.run(ingest.ingest(ACTOR, REPO, stream(pieces), wrong))
     with pytest.raises(DigestInvalid):
-        ingest.ingest_sync(REPO, iter(pieces), wrong)
+        ingest.ingest_sync(ACTOR, REPO, iter(pieces), wrong)
     assert_nothing_left(service, digest)
     assert_nothing_left(service, wrong)
 
@@ -99,7 +102,7 @@ def test_a_wrong_digest_leaves_no_blob_and_no_upload(service: RegistryService, i
 def test_a_broken_stream_leaves_no_blob_and_no_upload(service: RegistryService, ingest: BlobIngest) -> None:
     pieces, digest = layer(5 * MiB)
     with pytest.raises(ConnectionResetError):
-        asyncio.run(ingest.ingest(REPO, stream(pieces, fail_after=3), digest))
+        asyncio.run(ingest.ingest(ACTOR, REPO, stream(pieces, fail_after=3), digest))
     assert_nothing_left(service, digest)
 
 
@@ -108,9 +111,9 @@ def test_a_layer_past_the_limit_is_refused_as_it_streams(
 ) -> None:
     pieces, digest = layer(9 * MiB)  # the limit is 8 MiB and the stream declares no length
     with pytest.raises(BlobTooLarge):
-        asyncio.run(ingest.ingest(REPO, stream(pieces), digest))
+        asyncio.run(ingest.ingest(ACTOR, REPO, stream(pieces), digest))
     with pytest.raises(BlobTooLarge):
-        ingest.ingest_sync(REPO, iter(pieces), digest)
+        ingest.ingest_sync(ACTOR, REPO, iter(pieces), digest)
     assert_nothing_left(service, digest)
 
 
@@ -126,7 +129,7 @@ def test_a_declared_length_past_the_limit_is_refused_before_reading(
 
     digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
     with pytest.raises(BlobTooLarge):
-        asyncio.run(ingest.ingest(REPO, counted(), digest, length=9 * MiB))
+        asyncio.run(ingest.ingest(ACTOR, REPO, counted(), digest, length=9 * MiB))
     assert read == 0
     assert_nothing_left(service, digest)
 
@@ -135,5 +138,5 @@ def test_a_malformed_digest_is_refused_before_an_upload_opens(
     service: RegistryService, ingest: BlobIngest
 ) -> None:
     with pytest.raises(DigestInvalid):
-        asyncio.run(ingest.ingest(REPO, stream([b"abc"]), "sha256:nothex"))
+        asyncio.run(ingest.ingest(ACTOR, REPO, stream([b"abc"]), "sha256:nothex"))
     assert service.metadata.upload_ids() == set()

@@ -17,6 +17,7 @@ from shipyard.api.http import ClientDisconnected, Request
 from shipyard.domain.errors import BlobUploadUnknown
 from shipyard.domain.records import UploadState
 from shipyard.services import ingest
+from shipyard.services.access import SYSTEM, Actor
 from shipyard.services.ingest import BlobIngest
 from shipyard.services.registry import UploadAppender
 
@@ -259,7 +260,9 @@ class FakeRegistry:
         self.error = error
         self.opened: list[tuple[object, ...]] = []
 
-    def begin_append(self, name: str, upload_id: str, start: int | None, length: int | None) -> FakeAppender:
+    def begin_append(
+        self, actor: Actor, name: str, upload_id: str, start: int | None, length: int | None
+    ) -> FakeAppender:
         self.opened.append((name, upload_id, start, length, self.body.delivered))
         if self.error is not None:
             raise self.error
@@ -271,7 +274,7 @@ def _append(
 ) -> Any:
     request = _request(registry.body, headers)
     length = request.content_length()
-    return BlobIngest(cast(Any, registry), executor).append("a", "x", request.stream(), None, length)
+    return BlobIngest(cast(Any, registry), executor).append(SYSTEM, "a", "x", request.stream(), None, length)
 
 
 def test_a_body_that_ends_in_the_first_batch_is_appended_in_one_thread_call() -> None:

@@ -142,7 +142,9 @@ class OciApi:
             if method != "GET":
                 raise MethodNotAllowed("GET")
             ctx.access.authorize(identity, None, "pull")
-            await listing.catalog(ctx, request, send, ctx.access.catalog_filter(identity))
+            await listing.catalog(
+                ctx, request, send, ctx.access.actor(identity), ctx.access.catalog_filter(identity)
+            )
             return
         match = _ROUTE.match(path)
         if match is None:
@@ -161,33 +163,34 @@ class OciApi:
             if match["upload"] == "" and method == "POST":
                 _ask_for_mount_source(request, error)
             raise
+        actor = ctx.access.actor(identity)
         if (reference := match["reference"]) is not None:
             if method in ("GET", "HEAD"):
-                await manifests.get_manifest(ctx, request, send, name, reference)
+                await manifests.get_manifest(ctx, request, send, actor, name, reference)
             elif method == "PUT":
-                await manifests.put_manifest(ctx, request, send, name, reference)
+                await manifests.put_manifest(ctx, request, send, actor, name, reference)
             else:
-                await manifests.delete_manifest(ctx, request, send, name, reference)
+                await manifests.delete_manifest(ctx, request, send, actor, name, reference)
         elif (upload := match["upload"]) is not None:
             if upload == "":
-                await uploads.start_upload(ctx, request, send, name, identity)
+                await uploads.start_upload(ctx, request, send, actor, name, identity)
             elif method == "PATCH":
-                await uploads.patch_upload(ctx, request, send, name, upload)
+                await uploads.patch_upload(ctx, request, send, actor, name, upload)
             elif method == "PUT":
-                await uploads.finish_upload(ctx, request, send, name, upload)
+                await uploads.finish_upload(ctx, request, send, actor, name, upload)
             elif method == "GET":
-                await uploads.upload_status(ctx, request, send, name, upload)
+                await uploads.upload_status(ctx, request, send, actor, name, upload)
             else:
-                await uploads.cancel_upload(ctx, request, send, name, upload)
+                await uploads.cancel_upload(ctx, request, send, actor, name, upload)
         elif (digest := match["digest"]) is not None:
             if method in ("GET", "HEAD"):
-                await blobs.get_blob(ctx, request, send, name, digest)
+                await blobs.get_blob(ctx, request, send, actor, name, digest)
             else:
-                await blobs.delete_blob(ctx, request, send, name, digest)
+                await blobs.delete_blob(ctx, request, send, actor, name, digest)
         elif match["tags"] is not None:
-            await listing.list_tags(ctx, request, send, name)
+            await listing.list_tags(ctx, request, send, actor, name)
         else:
-            await listing.referrers(ctx, request, send, name, match["subject"])
+            await listing.referrers(ctx, request, send, actor, name, match["subject"])
 
 
 class MethodNotAllowed(RegistryError):
