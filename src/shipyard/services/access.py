@@ -99,8 +99,19 @@ ANONYMOUS = Identity("anonymous", anonymous=True)
 
 
 class AccessPolicy(Protocol):
+    """`authenticate`, `catalog_filter` and `authorize` may ask the database: callers on an event loop
+    run them in a worker thread, unless `known_caller` or `authorizes_instantly` says it need not."""
+
     def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
         """The caller behind an Authorization header (raise Unauthorized for a bad credential)."""
+        ...
+
+    def known_caller(self, authorization: str | None, source: str | None = None) -> Identity | None:
+        """What `authenticate` would answer, when that needs no I/O (a credential seen before); else None."""
+        ...
+
+    def authorizes_instantly(self, identity: Identity, repository: str | None, action: Action) -> bool:
+        """Whether `authorize` answers without I/O for these arguments."""
         ...
 
     def require_authenticated(self, identity: Identity) -> None:
@@ -128,6 +139,12 @@ class AnonymousAccess:
 
     def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
         return ANONYMOUS
+
+    def known_caller(self, authorization: str | None, source: str | None = None) -> Identity | None:
+        return ANONYMOUS
+
+    def authorizes_instantly(self, identity: Identity, repository: str | None, action: Action) -> bool:
+        return True
 
     def require_authenticated(self, identity: Identity) -> None:
         return None

@@ -339,7 +339,9 @@ class TokenAccess:
         # with a token seen before costs one dict lookup while the token lives and the view is unchanged
         self._known: dict[tuple[str, str | None], tuple[TokenIdentity, float, int]] = {}
 
-    def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
+    def known_caller(self, authorization: str | None, source: str | None = None) -> Identity | None:
+        """A token seen before, while it lives and the principal view is fresh and unchanged: a dict
+        lookup. Anything else is checked against the view, which may have to ask the database."""
         if not authorization:
             return _NO_TOKEN
         known = self._known.get((authorization, source))
@@ -347,6 +349,12 @@ class TokenAccess:
             seen, valid_until, seen_version = known
             if seen_version == self.identity.principals.current_version() and time.time() <= valid_until:
                 return seen
+        return None
+
+    def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
+        known = self.known_caller(authorization, source)
+        if known is not None or not authorization:
+            return known or _NO_TOKEN
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             return _NO_TOKEN
@@ -407,6 +415,13 @@ class TokenAccess:
             return None
         shared = frozenset(self.identity.accounts.shared_with(principal.account))
         return CatalogFilter((principal.account,), public | shared)
+
+    def authorizes_instantly(self, identity: Identity, repository: str | None, action: Action) -> bool:
+        """Only a push asks more than the token: whether the account exists, which the principal view
+        knows without a query while it is fresh and names the account."""
+        if action != "push" or repository is None:
+            return True
+        return self.identity.principals.knows_account(repository.partition("/")[0])
 
     def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
         if self.allowed_scope(identity, repository, action):

@@ -128,7 +128,11 @@ class OciApi:
         method = request.method
         path = request.path
         client = request.scope.get("client")
-        identity = ctx.access.authenticate(request.header("authorization"), client[0] if client else None)
+        authorization, source = request.header("authorization"), client[0] if client else None
+        identity = ctx.access.known_caller(authorization, source)
+        if identity is None:
+            # a token not seen before is checked against the principal view, which may ask the database
+            identity = await ctx.run(ctx.access.authenticate, authorization, source)
         request.scope["principal"] = None if identity.anonymous else identity.subject
         if path in ("/v2/", "/v2"):
             request.scope["route"] = "/v2/"
@@ -142,9 +146,8 @@ class OciApi:
             if method != "GET":
                 raise MethodNotAllowed("GET")
             ctx.access.authorize(identity, None, "pull")
-            await listing.catalog(
-                ctx, request, send, ctx.access.actor(identity), ctx.access.catalog_filter(identity)
-            )
+            visible = await ctx.run(ctx.access.catalog_filter, identity)  # SQL: what is public, shared
+            await listing.catalog(ctx, request, send, ctx.access.actor(identity), visible)
             return
         match = _ROUTE.match(path)
         if match is None:
@@ -158,7 +161,10 @@ class OciApi:
         if action is None or method not in allow:
             raise MethodNotAllowed(", ".join(allow))
         try:
-            ctx.access.authorize(identity, name, action)
+            if ctx.access.authorizes_instantly(identity, name, action):
+                ctx.access.authorize(identity, name, action)
+            else:
+                await ctx.run(ctx.access.authorize, identity, name, action)
         except Unauthorized as error:
             if match["upload"] == "" and method == "POST":
                 _ask_for_mount_source(request, error)
