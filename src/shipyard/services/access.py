@@ -127,8 +127,6 @@ class AccessPolicy(Protocol):
         (`repository` None means the registry-wide catalog)."""
         ...
 
-    def allowed(self, identity: Identity, repository: str, action: Action) -> bool: ...
-
     def actor(self, identity: Identity) -> Actor:
         """What `identity` may do, for the services to check (built when the identity was)."""
         ...
@@ -154,9 +152,6 @@ class AnonymousAccess:
 
     def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
         return None
-
-    def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
-        return True
 
     def actor(self, identity: Identity) -> Actor:
         return _ANYONE

@@ -448,9 +448,6 @@ class TokenAccess:
             )
         raise Unauthorized("authentication required", extra={"scope": scope})
 
-    def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
-        return self.allowed_scope(identity, repository, action)
-
     def actor(self, identity: Identity) -> Actor:
         return identity.actor if isinstance(identity, TokenIdentity) else NOBODY
 
