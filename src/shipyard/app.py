@@ -25,7 +25,7 @@ from shipyard.db import migrate
 from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
-from shipyard.services.access import AccessPolicy, AnonymousAccess
+from shipyard.services.access import SYSTEM, AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
 from shipyard.services.health import ReadinessService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
@@ -132,7 +132,9 @@ def build(
     periodic.every(settings.pull_flush_interval_seconds, registry.pulls.flush, "record-pulls")
     max_age = timedelta(seconds=settings.upload_max_age_seconds)
     periodic.every(
-        settings.upload_purge_interval_seconds, lambda: registry.purge_uploads(max_age), "purge-uploads"
+        settings.upload_purge_interval_seconds,
+        lambda: registry.purge_uploads(SYSTEM, max_age),
+        "purge-uploads",
     )
     identity = None if settings.insecure_no_auth else make_identity(settings, engine)
     policy: AccessPolicy
