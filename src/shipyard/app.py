@@ -25,7 +25,7 @@ from shipyard.db import migrate
 from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
-from shipyard.services.access import AccessPolicy, AnonymousAccess
+from shipyard.services.access import SYSTEM, AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
 from shipyard.services.health import ReadinessService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
@@ -238,7 +238,7 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
     max_age = timedelta(seconds=settings.upload_max_age_seconds)
     retention = timedelta(seconds=settings.job_retention_seconds)
     handlers = Handlers()
-    handlers.add("purge-uploads", lambda payload: registry.purge_uploads(max_age))
+    handlers.add("purge-uploads", lambda payload: registry.purge_uploads(SYSTEM, max_age))
     handlers.add(
         "prune-jobs", lambda payload: store.prune(retention, scheduled_done_older_than=timedelta(hours=1))
     )

@@ -475,13 +475,14 @@ def _load_handler(kind: str, target: str) -> Callable[[dict[str, Any]], object]:
 
 def cmd_purge_uploads(args: argparse.Namespace) -> int:
     from shipyard.app import build
+    from shipyard.services.access import SYSTEM
 
     settings = _settings(args)
     _configure_logging(settings)
     app = build(settings, run_migrations=True)
     try:
         seconds = args.older_than if args.older_than is not None else settings.upload_max_age_seconds
-        purged = app.registry.purge_uploads(timedelta(seconds=seconds))
+        purged = app.registry.purge_uploads(SYSTEM, timedelta(seconds=seconds))
     finally:
         app.close()
     print(f"purged {purged} abandoned uploads older than {seconds} s")
