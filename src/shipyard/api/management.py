@@ -78,6 +78,7 @@ from shipyard.domain.errors import Unauthorized
 from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
 from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
+from shipyard.services.jobs import JobService
 
 PREFIX = "/api/v1/"
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -95,6 +96,7 @@ class _Services:
     identity: IdentityService
     accounts: AccountService
     executor: Executor
+    jobs: JobService | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
@@ -617,7 +619,12 @@ class _ManagementApp(FastAPI):
         return self.openapi_schema
 
 
-def build_app(identity: IdentityService, service: AccountService, executor: Executor) -> FastAPI:
+def build_app(
+    identity: IdentityService, service: AccountService, executor: Executor, jobs: JobService | None = None
+) -> FastAPI:
+    # here, not at the top: the jobs module builds its routes on this module's dependencies
+    from shipyard.api.management_jobs import router as jobs_router
+
     app = _ManagementApp(
         title="Shipyard management API",
         version=__version__,
@@ -634,21 +641,29 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
         docs_url=None,
         redoc_url=None,
     )
-    app.state.services = _Services(identity, service, executor)
+    app.state.services = _Services(identity, service, executor, jobs)
     app.include_router(router)
+    app.include_router(jobs_router)
     app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    install_error_handlers(app, [*router.routes, *app.router.routes], lambda: identity.config.service)
+    routes = [*router.routes, *jobs_router.routes, *app.router.routes]
+    install_error_handlers(app, routes, lambda: identity.config.service)
     return app
 
 
 class ManagementApi:
     """The ASGI entry of /api/v1/: a body-size guard and no-store answers around the framework."""
 
-    def __init__(self, identity: IdentityService, service: AccountService, executor: Executor) -> None:
-        self.app = build_app(identity, service, executor)
+    def __init__(
+        self,
+        identity: IdentityService,
+        service: AccountService,
+        executor: Executor,
+        jobs: JobService | None = None,
+    ) -> None:
+        self.app = build_app(identity, service, executor, jobs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
