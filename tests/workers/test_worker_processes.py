@@ -26,7 +26,12 @@ from tests.support.workers import WorkerProcess, start_worker
 pytestmark = pytest.mark.slow
 
 LEASE = 2.0
-FAST = {"SHIPYARD_JOB_LEASE_SECONDS": str(LEASE), "SHIPYARD_JOB_POLL_SECONDS": "0.2"}
+# at debug, each finished job leaves a line (FINISHED_LINE) that the tests count
+FAST = {
+    "SHIPYARD_JOB_LEASE_SECONDS": str(LEASE),
+    "SHIPYARD_JOB_POLL_SECONDS": "0.2",
+    "SHIPYARD_LOG_LEVEL": "debug",
+}
 SLOW_HANDLER = ["--extra-handler", "test-slow=tests.support.job_handlers:slow"]
 FINISHED_LINE = re.compile(r"job (\d+) (\S+) done in")
 

@@ -446,7 +446,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 worker.stop()
 
             threading.Thread(target=watch, name="shipyard-lifeline", daemon=True).start()
-        worker.run()
+        worker.run(announce=args.lifeline_fd is None)
         log.info("worker %s stopped", worker.owner)
     finally:
         app.close()

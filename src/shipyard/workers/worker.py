@@ -80,8 +80,15 @@ class Worker:
         """Lease nothing more; the job that runs now finishes first."""
         self.stopping.set()
 
-    def run(self) -> None:
-        log.info("worker %s runs job kinds %s", self.owner, ", ".join(sorted(self.handlers.by_kind)))
+    def run(self, *, announce: bool = True) -> None:
+        """`announce`: say at INFO that it started; a worker embedded in `shipyard serve` stays quiet,
+        because the server's banner is the one line an operator sees at start-up."""
+        log.log(
+            logging.INFO if announce else logging.DEBUG,
+            "worker %s runs job kinds %s",
+            self.owner,
+            ", ".join(sorted(self.handlers.by_kind)),
+        )
         while not self.stopping.is_set():
             try:
                 self.claim_schedules()
@@ -136,7 +143,8 @@ class Worker:
         took = time.monotonic() - started
         if error is None:
             if self.store.complete(job.id, self.owner):
-                log.info("job %d %s done in %.3f s (attempt %d)", job.id, job.kind, took, job.attempts)
+                # scheduled jobs succeed every few seconds: a line each would drown the log
+                log.debug("job %d %s done in %.3f s (attempt %d)", job.id, job.kind, took, job.attempts)
             else:
                 log.warning("job %d %s finished after its lease was lost: it may run again", job.id, job.kind)
             return
