@@ -10,10 +10,13 @@ import bisect
 import contextlib
 import hmac
 import ipaddress
+import itertools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,6 +39,10 @@ _TOKEN_ROUTE = "/token"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # how stale a worker's figures may be in a scrape answered by another worker
 _FLUSH_SECONDS = 1.0
+_KEY = attrgetter("route", "method", "status")
+_DURATION = attrgetter("duration")
+_RECEIVED = attrgetter("bytes_received")
+_SENT = attrgetter("bytes_sent")
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
@@ -117,22 +124,38 @@ class Metrics:
         self.scrape_samplers: list[Sampler] = []
 
     def observe(self, record: Finished) -> None:
-        """Called once per finished request on the event loop: a dict lookup and a few additions."""
-        key = (record.route, record.method, record.status)
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = [0, 0.0, 0, 0, [0] * len(self._bounds)]
-            if self._loop is None:
-                self._loop = _running_loop()
-        duration = record.duration
-        pending[0] += 1
-        pending[1] += duration
-        pending[2] += record.bytes_received
-        pending[3] += record.bytes_sent
-        pending[4][bisect.bisect_left(self._bounds, duration)] += 1
-        if record.time >= self._flush_due:
+        """One finished request."""
+        self.observe_all((record,))
+
+    def observe_all(self, records: Sequence[Finished]) -> None:
+        """Finished requests, as the server hands them over in batches on the event loop; prometheus-client
+        sees the sums at most once a second. The columns are taken and counted in C (attrgetter, bisect,
+        a Counter); one lean Python loop adds up the rest."""
+        if not records:
+            return
+        all_pending = self._pending
+        bounds = self._bounds
+        keys = list(map(_KEY, records))
+        durations = list(map(_DURATION, records))
+        buckets = map(bisect.bisect_left, itertools.repeat(bounds), durations)
+        for (key, bucket), count in Tally(zip(keys, buckets, strict=False)).items():
+            pending = all_pending.get(key)
+            if pending is None:
+                pending = all_pending[key] = [0, 0.0, 0, 0, [0] * len(bounds)]
+            pending[0] += count
+            pending[4][bucket] += count
+        columns = zip(keys, durations, map(_RECEIVED, records), map(_SENT, records), strict=True)
+        for key, duration, received, sent in columns:
+            pending = all_pending[key]
+            pending[1] += duration
+            pending[2] += received
+            pending[3] += sent
+        if self._loop is None:
+            self._loop = _running_loop()
+        last = records[-1].time
+        if last >= self._flush_due:
             self.flush()
-            self._flush_due = record.time + _FLUSH_SECONDS
+            self._flush_due = last + _FLUSH_SECONDS
 
     def flush(self) -> None:
         """Hand the pending figures to the metrics; only on the event loop's thread, like observe()."""

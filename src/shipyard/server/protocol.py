@@ -20,7 +20,7 @@ from shipyard.server import http11
 from shipyard.server.access import AccessLog, RequestIds
 from shipyard.server.config import ServerConfig
 from shipyard.server.cycle import RequestCycle
-from shipyard.server.types import AccessRecord, ASGIApp, Headers
+from shipyard.server.types import ASGIApp, Headers
 
 log = logging.getLogger("shipyard.server")
 
@@ -596,8 +596,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if access.wanted:
             client = self.client[0] if self.client else "-"
             rid = request_id.decode()
-            now = time.time()
-            access.record(AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
+            access.note((time.time(), client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
 
     def deadline_passed(self) -> None:
         self.deadline = None
