@@ -6,6 +6,7 @@ import functools
 import itertools
 import json
 import logging
+import marshal
 import os
 import re
 import time
@@ -73,6 +74,7 @@ class AccessLog:
         "observer",
         "observer_failed",
         "pending",
+        "pipe",
         "wanted",
     )
 
@@ -87,6 +89,7 @@ class AccessLog:
         self.log = enabled
         self.json = log_format == "json"
         self.fd: int | None = None
+        self.pipe: int | None = None
         self.pending: list[Noted] = []
         self.log_on = False
         # read on every request: whether to note it at all
@@ -101,6 +104,10 @@ class AccessLog:
     def buffer_to(self, fd: int) -> None:
         """Write lines to `fd` in batches, with the prefix of the process's log format."""
         self.fd = fd
+
+    def send_to(self, fd: int) -> None:
+        """Send each batch's raw records to `fd`, a pipe to the supervisor, which writes the lines."""
+        self.pipe = fd
 
     def note(self, noted: Noted) -> None:
         """A finished request (callers check `wanted` first; the hot path appends to `pending` itself)."""
@@ -122,6 +129,12 @@ class AccessLog:
         self._check_wanted()
 
     def _write(self, noted: list[Noted]) -> None:
+        if self.pipe is not None:
+            # a line costs more to format than the request it describes: the supervisor, idle otherwise,
+            # formats and writes them; the worker only marshals the batch (in C) and writes it once
+            payload = marshal.dumps(noted)
+            _write_all(self.pipe, len(payload).to_bytes(4, "big") + payload)
+            return
         if self.fd is None:
             name = access_log.name
             line = self._json if self.json else self._text
@@ -129,16 +142,7 @@ class AccessLog:
                 # straight to the handlers: Logger.info would first walk the stack for a caller nobody reads
                 access_log.handle(access_log.makeRecord(name, logging.INFO, "", 0, line(record), (), None))
             return
-        if self.json:
-            data = "".join([f"{_asctime(r[0])} INFO shipyard.access: {self._json(r)}\n" for r in noted])
-        else:
-            data = _text_lines(noted)
-        view = memoryview(data.encode("utf-8", "backslashreplace"))
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError:
-            pass  # nowhere to log to: the lines are lost, the requests are not
+        _write_all(self.fd, format_lines(noted, as_json=self.json).encode("utf-8", "backslashreplace"))
 
     def _observe(self, records: list[AccessRecord]) -> None:
         if self.batch_observer is not None:
@@ -188,6 +192,51 @@ class AccessLog:
             f'"duration_ms":{r[8] * 1000:.3f},"request_id":{_js(r[9])},'
             f'"principal":{_js(r[10])},"repository":{_js(r[11])}}}'
         )
+
+
+def format_lines(noted: list[Noted], *, as_json: bool) -> str:
+    """A batch's lines, each with the prefix the logging module's default format gives a line."""
+    if as_json:
+        return "".join([f"{_asctime(r[0])} INFO shipyard.access: {AccessLog._json(r)}\n" for r in noted])
+    return _text_lines(noted)
+
+
+class AccessPipe:
+    """The supervisor's end of a worker's access pipe: whole batches out of the bytes as they come."""
+
+    __slots__ = ("buffer", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def read(self) -> list[list[Noted]] | None:
+        """The batches now complete; None at end of file (a partial batch of a killed worker is lost)."""
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        if not data:
+            return None
+        buffer = self.buffer
+        buffer += data
+        batches = []
+        while len(buffer) >= 4:
+            size = int.from_bytes(buffer[:4], "big")
+            if len(buffer) < 4 + size:
+                break
+            batches.append(marshal.loads(buffer[4 : 4 + size]))
+            del buffer[: 4 + size]
+        return batches
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # nowhere to log to: the lines are lost, the requests are not
 
 
 def _text_lines(noted: list[Noted]) -> str:
