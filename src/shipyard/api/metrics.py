@@ -14,9 +14,8 @@ import itertools
 import logging
 import os
 import re
-from collections import Counter as Tally
 from collections.abc import Callable, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -39,10 +38,25 @@ _TOKEN_ROUTE = "/token"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # how stale a worker's figures may be in a scrape answered by another worker
 _FLUSH_SECONDS = 1.0
-_KEY = attrgetter("route", "method", "status")
-_DURATION = attrgetter("duration")
-_RECEIVED = attrgetter("bytes_received")
-_SENT = attrgetter("bytes_sent")
+_COLUMNS = (("route", "method", "status"), ("duration",), ("bytes_received",), ("bytes_sent",))
+_Getters = tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]
+_getters_by_type: dict[type, _Getters] = {}
+
+
+def _getters(kind: type) -> _Getters:
+    """What takes the columns out of a record: by position when the record is a named tuple."""
+    getters = _getters_by_type.get(kind)
+    if getters is None:
+        fields = getattr(kind, "_fields", None)
+        made: list[Callable[[Any], Any]]
+        if isinstance(fields, tuple) and all(n in fields for names in _COLUMNS for n in names):
+            made = [itemgetter(*(fields.index(n) for n in names)) for names in _COLUMNS]
+        else:
+            made = [attrgetter(*names) for names in _COLUMNS]
+        getters = _getters_by_type[kind] = (made[0], made[1], made[2], made[3])
+    return getters
+
+
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
@@ -129,27 +143,27 @@ class Metrics:
 
     def observe_all(self, records: Sequence[Finished]) -> None:
         """Finished requests, as the server hands them over in batches on the event loop; prometheus-client
-        sees the sums at most once a second. The columns are taken and counted in C (attrgetter, bisect,
-        a Counter); one lean Python loop adds up the rest."""
+        sees the sums at most once a second. The columns are taken in C (itemgetter on the server's named
+        tuples: a third of what attrgetter costs), the buckets found by bisect in C, and one lean loop
+        adds them up."""
         if not records:
             return
         all_pending = self._pending
         bounds = self._bounds
-        keys = list(map(_KEY, records))
-        durations = list(map(_DURATION, records))
+        key_of, duration_of, received_of, sent_of = _getters(type(records[0]))
+        keys = map(key_of, records)
+        durations = list(map(duration_of, records))
         buckets = map(bisect.bisect_left, itertools.repeat(bounds), durations)
-        for (key, bucket), count in Tally(zip(keys, buckets, strict=False)).items():
+        columns = zip(keys, durations, map(received_of, records), map(sent_of, records), buckets, strict=True)
+        for key, duration, received, sent, bucket in columns:
             pending = all_pending.get(key)
             if pending is None:
                 pending = all_pending[key] = [0, 0.0, 0, 0, [0] * len(bounds)]
-            pending[0] += count
-            pending[4][bucket] += count
-        columns = zip(keys, durations, map(_RECEIVED, records), map(_SENT, records), strict=True)
-        for key, duration, received, sent in columns:
-            pending = all_pending[key]
+            pending[0] += 1
             pending[1] += duration
             pending[2] += received
             pending[3] += sent
+            pending[4][bucket] += 1
         if self._loop is None:
             self._loop = _running_loop()
         last = records[-1].time

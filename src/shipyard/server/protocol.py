@@ -368,9 +368,12 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if state.lifespan_state is not None:
             scope["state"] = state.lifespan_state.copy()
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.stopping
-        cycle = RequestCycle(
-            self, scope, keep_alive, method == "HEAD", version == "1.0", state.request_ids.choose(request_id)
-        )
+        if request_id is None:  # the usual case, without a call (RequestIds.choose does the same)
+            ids = state.request_ids
+            request_id = b"%s%x" % (ids.prefix, next(ids.counter))
+        else:
+            request_id = state.request_ids.choose(request_id)
+        cycle = RequestCycle(self, scope, keep_alive, method == "HEAD", version == "1.0", request_id)
         if expect is not None and version != "1.0":
             if expect.lower() != b"100-continue":
                 self.refusal = _Refused(417, "unsupported expectation")
