@@ -181,6 +181,13 @@ def report(variants: list[Variant], budget: float) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--against", default="772227a", help="the earlier commit (default 772227a)")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="another commit to run beside them (repeatable)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=6)
     p.add_argument("--connections", type=int, default=16)
@@ -206,11 +213,14 @@ def _variant(text: str) -> Variant:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = args.variant or ["head:", "head-no-access-log:SHIPYARD_ACCESS_LOG=false"]
-    with checkout(args.against) as tree, tempfile.TemporaryDirectory(prefix="ab-data-") as work_dir:
-        work = Path(work_dir)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ab-data-")))
         script = work / "report.lua"
         script.write_text(tools.WRK_REPORT_LUA)
-        variants = [Variant(args.against, {}, src=tree / "src")]
+        variants = [
+            Variant(rev, {}, src=stack.enter_context(checkout(rev)) / "src")
+            for rev in [args.against, *args.also]
+        ]
         variants += [_variant(text) for text in wanted]
         try:
             for variant in variants:
@@ -230,13 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(
             json.dumps(
-                {v.label: {"cpu_us": v.cpu_us, "rps": v.rps, "env": v.env} for v in variants}, indent=1
+                {
+                    v.label: {"cpu_us": v.cpu_us, "sys_us": v.sys_us, "server_us": v.tree_us, "rps": v.rps}
+                    for v in variants
+                },
+                indent=1,
             )
         )
+    # the exit status speaks for this checkout's variants only
     over = [
         v
-        for v in variants[1:]
-        if statistics.median(v.cpu_us) > statistics.median(variants[0].cpu_us) * (1 + args.budget)
+        for v in variants
+        if v.src is None
+        and statistics.median(v.cpu_us) > statistics.median(variants[0].cpu_us) * (1 + args.budget)
     ]
     return 1 if over else 0
 
