@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages
+.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages bench-ab
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench: $(VENV)/.bench-installed bench-packages system-packages
 
 bench-quick: $(VENV)/.bench-installed bench-packages system-packages
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+# the manifest GET hot path beside an earlier commit, in interleaved rounds: CPU per request and whether
+# it stays within 10% (`make bench BENCH_ARGS="--against REV"` does the same)
+AGAINST ?= 772227a
+bench-ab: $(VENV)/.bench-installed bench-packages
+	$(BIN)/python -m bench.ab --against $(AGAINST)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

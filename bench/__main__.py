@@ -46,11 +46,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " catalog_first, small_push, growth, ...)",
     )
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="instead: the manifest GET A/B of this checkout against commit REV (bench/ab.py), e.g. 772227a",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.against:
+        from bench import ab
+
+        rounds = ["--rounds", str(args.rounds)] if args.rounds else []
+        return ab.main(["--against", args.against, *rounds])
     sizes = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.rounds:
         sizes = dataclasses.replace(sizes, rounds=args.rounds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -156,3 +156,47 @@ def test_latencies_land_in_their_buckets() -> None:
         ("shipyard_http_request_duration_seconds_sum", frozenset({"route": "/v2/", "method": "GET"}.items()))
     ]
     assert total == pytest.approx(100.4505)
+
+
+class Finished(NamedTuple):
+    """A named tuple with the fields in an order of its own: the metrics take columns by name."""
+
+    bytes_sent: int
+    status: int
+    duration: float
+    route: str | None
+    time: float
+    method: str
+    bytes_received: int
+
+
+def test_a_batch_of_named_tuples_counts_as_the_records_one_by_one() -> None:
+    batch = [
+        Finished(100, 200, 0.003, "/v2/", 1.0, "GET", 0),
+        Finished(50, 404, 0.2, "/v2/", 1.0, "GET", 7),
+        Finished(100, 200, 0.0001, "/v2/", 1.0, "GET", 0),
+    ]
+    together, apart = Metrics(), Metrics()
+    together.observe_all(batch)
+    for record in batch:
+        apart.observe(
+            Record(
+                record.route,
+                record.method,
+                record.status,
+                record.bytes_received,
+                record.bytes_sent,
+                record.duration,
+                record.time,
+            )
+        )
+    got = scraped(together)
+
+    def figures(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[Any, float]:
+        return {key: value for key, value in scrape.items() if not key[0].endswith("_created")}
+
+    assert figures(got) == figures(scraped(apart))
+    labels = frozenset({"route": "/v2/", "method": "GET", "status": "200"}.items())
+    assert got[("shipyard_http_requests_total", labels)] == 2
+    assert got[("shipyard_http_sent_bytes_total", frozenset({("route", "/v2/")}))] == 250
+    assert got[("shipyard_http_received_bytes_total", frozenset({("route", "/v2/")}))] == 7

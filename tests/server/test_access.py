@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from shipyard.server.access import FLUSH_RECORDS
 from shipyard.server.types import AccessRecord, Receive, Scope, Send
 from tests.server.apps import lifespan, read_body, respond
 from tests.server.conftest import Reader, request, serving
@@ -168,3 +169,36 @@ def test_a_frameworks_route_object_gives_its_template() -> None:
         assert Reader(sock).response().status == 201
     (record,) = app.records
     assert record.route == "/frame/{work}"
+
+
+class Batched:
+    """An application with a batch observer."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[AccessRecord]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        await read_body(receive)
+        await respond(send, 200, b"ok")
+
+    def access_batch_observer(self, records: list[AccessRecord]) -> None:
+        self.batches.append(records)
+
+
+def test_a_batch_observer_gets_every_record_in_few_calls() -> None:
+    app = Batched()
+    with serving(app) as server, server.connect() as sock:
+        reader = Reader(sock)
+        for number in range(FLUSH_RECORDS + 3):
+            sock.sendall(request("GET", f"/{number}"))
+            assert reader.response().status == 200
+    # a batch a second at most, one when FLUSH_RECORDS are waiting, and the rest when the server stops
+    assert 2 <= len(app.batches) < 10
+    assert max(len(batch) for batch in app.batches) <= FLUSH_RECORDS
+    records = [record for batch in app.batches for record in batch]
+    assert [r.path for r in records] == [f"/{number}" for number in range(FLUSH_RECORDS + 3)]
+    assert all(isinstance(r, AccessRecord) and r.status == 200 for r in records)
+    assert len({r.request_id for r in records}) == len(records)

@@ -181,3 +181,25 @@ def test_no_banner_when_the_port_is_taken(tmp_path: Path) -> None:
     assert "shown once" not in result.stdout + result.stderr
     assert "Log in, then" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
+
+
+def test_the_supervisor_writes_every_workers_access_lines_through_a_stop(tmp_path: Path) -> None:
+    """Workers send raw records; the supervisor formats and writes them, the last batch after SIGTERM."""
+    server = start_server(tmp_path / "data", extra_env={"SHIPYARD_WORKERS": "2"})
+    ids = [f"line-{number}" for number in range(40)]
+    try:
+        for request_id in ids:
+            # a connection each, so that both workers answer some
+            request = urllib.request.Request(f"{server.url}/v2/", headers={"X-Request-ID": request_id})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200
+    finally:
+        server.stop()
+    lines = [line for line in server.log().splitlines() if " shipyard.access: " in line]
+    # the start-up probes were logged too, under ids of the server's own
+    lines = [line for line in lines if line.split()[-1].startswith("line-")]
+    assert sorted(line.split()[-1] for line in lines) == sorted(ids)
+    fields = lines[0].split(" shipyard.access: ")[1].split()
+    # time, client, method, route, status, bytes in, bytes out, duration, principal, repository, id
+    assert fields[1:7] == ["127.0.0.1", "GET", "/v2/", "200", "0", "2"]
+    assert fields[7].endswith("ms") and fields[8:10] == ["-", "-"]

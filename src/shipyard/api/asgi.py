@@ -48,10 +48,10 @@ class ShipyardASGI:
         self.on_shutdown = on_shutdown or []
         self.health = HealthApi(context, readiness)
         self.metrics = metrics
-        # the server calls this with every finished request (see server/access.py); absent, it skips
-        # building the records
+        # the server calls this with its finished requests in batches, at least once a second (see
+        # server/access.py); absent, it skips noting them
         if metrics is not None:
-            self.access_observer: Callable[[Any], None] = metrics.metrics.observe
+            self.access_batch_observer: Callable[[Any], None] = metrics.metrics.observe_all
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

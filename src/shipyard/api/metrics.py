@@ -10,10 +10,12 @@ import bisect
 import contextlib
 import hmac
 import ipaddress
+import itertools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,6 +38,25 @@ _TOKEN_ROUTE = "/token"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # how stale a worker's figures may be in a scrape answered by another worker
 _FLUSH_SECONDS = 1.0
+_COLUMNS = (("route", "method", "status"), ("duration",), ("bytes_received",), ("bytes_sent",))
+_Getters = tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]
+_getters_by_type: dict[type, _Getters] = {}
+
+
+def _getters(kind: type) -> _Getters:
+    """What takes the columns out of a record: by position when the record is a named tuple."""
+    getters = _getters_by_type.get(kind)
+    if getters is None:
+        fields = getattr(kind, "_fields", None)
+        made: list[Callable[[Any], Any]]
+        if isinstance(fields, tuple) and all(n in fields for names in _COLUMNS for n in names):
+            made = [itemgetter(*(fields.index(n) for n in names)) for names in _COLUMNS]
+        else:
+            made = [attrgetter(*names) for names in _COLUMNS]
+        getters = _getters_by_type[kind] = (made[0], made[1], made[2], made[3])
+    return getters
+
+
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
@@ -124,22 +145,38 @@ class Metrics:
         self.scrape_samplers: list[Sampler] = []
 
     def observe(self, record: Finished) -> None:
-        """Called once per finished request on the event loop: a dict lookup and a few additions."""
-        key = (record.route, record.method, record.status)
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = [0, 0.0, 0, 0, [0] * len(self._bounds)]
-            if self._loop is None:
-                self._loop = _running_loop()
-        duration = record.duration
-        pending[0] += 1
-        pending[1] += duration
-        pending[2] += record.bytes_received
-        pending[3] += record.bytes_sent
-        pending[4][bisect.bisect_left(self._bounds, duration)] += 1
-        if record.time >= self._flush_due:
+        """One finished request."""
+        self.observe_all((record,))
+
+    def observe_all(self, records: Sequence[Finished]) -> None:
+        """Finished requests, as the server hands them over in batches on the event loop; prometheus-client
+        sees the sums at most once a second. The columns are taken in C (itemgetter on the server's named
+        tuples: a third of what attrgetter costs), the buckets found by bisect in C, and one lean loop
+        adds them up."""
+        if not records:
+            return
+        all_pending = self._pending
+        bounds = self._bounds
+        key_of, duration_of, received_of, sent_of = _getters(type(records[0]))
+        keys = map(key_of, records)
+        durations = list(map(duration_of, records))
+        buckets = map(bisect.bisect_left, itertools.repeat(bounds), durations)
+        columns = zip(keys, durations, map(received_of, records), map(sent_of, records), buckets, strict=True)
+        for key, duration, received, sent, bucket in columns:
+            pending = all_pending.get(key)
+            if pending is None:
+                pending = all_pending[key] = [0, 0.0, 0, 0, [0] * len(bounds)]
+            pending[0] += 1
+            pending[1] += duration
+            pending[2] += received
+            pending[3] += sent
+            pending[4][bucket] += 1
+        if self._loop is None:
+            self._loop = _running_loop()
+        last = records[-1].time
+        if last >= self._flush_due:
             self.flush()
-            self._flush_due = record.time + _FLUSH_SECONDS
+            self._flush_due = last + _FLUSH_SECONDS
 
     def flush(self) -> None:
         """Hand the pending figures to the metrics; only on the event loop's thread, like observe()."""

@@ -10,7 +10,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shipyard.server import http11
-from shipyard.server.types import AccessRecord, Message, Scope
+from shipyard.server.access import FLUSH_RECORDS, route_path
+from shipyard.server.types import Message, Scope
 
 if TYPE_CHECKING:
     from shipyard.server.protocol import HttpProtocol
@@ -158,21 +159,19 @@ class RequestCycle:
             return
         scope = self.scope
         client = scope["client"]
-        # no response: the client went away first (nginx's 499)
-        status = self.status or 499
         route = scope.get("route")
-        if route is not None and not isinstance(route, str):
-            # a framework's route object (Starlette puts its own there): its path is the template
-            route = getattr(route, "path", None)
-            route = route if isinstance(route, str) else None
-        access.record(
-            AccessRecord(
+        if route is not None and route.__class__ is not str:
+            route = route_path(route)
+        pending = access.pending
+        # the raw fields only, in a plain tuple: the rest is done in batches (see AccessLog)
+        pending.append(
+            (
                 self.started,
                 client[0] if client else "-",
                 scope["method"],
                 scope["path"],
                 route,
-                status,
+                self.status or 499,  # no response: the client went away first (nginx's 499)
                 self.received,
                 self.sent,
                 time.time() - self.started,
@@ -181,6 +180,8 @@ class RequestCycle:
                 scope.get("repository"),
             )
         )
+        if len(pending) >= FLUSH_RECORDS:
+            access.flush()
 
     def _internal_error(self) -> None:
         self.response_started = True

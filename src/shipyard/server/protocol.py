@@ -20,7 +20,7 @@ from shipyard.server import http11
 from shipyard.server.access import AccessLog, RequestIds
 from shipyard.server.config import ServerConfig
 from shipyard.server.cycle import RequestCycle
-from shipyard.server.types import AccessRecord, ASGIApp, Headers
+from shipyard.server.types import ASGIApp, Headers
 
 log = logging.getLogger("shipyard.server")
 
@@ -368,9 +368,12 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if state.lifespan_state is not None:
             scope["state"] = state.lifespan_state.copy()
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.stopping
-        cycle = RequestCycle(
-            self, scope, keep_alive, method == "HEAD", version == "1.0", state.request_ids.choose(request_id)
-        )
+        if request_id is None:  # the usual case, without a call (RequestIds.choose does the same)
+            ids = state.request_ids
+            request_id = b"%s%x" % (ids.prefix, next(ids.counter))
+        else:
+            request_id = state.request_ids.choose(request_id)
+        cycle = RequestCycle(self, scope, keep_alive, method == "HEAD", version == "1.0", request_id)
         if expect is not None and version != "1.0":
             if expect.lower() != b"100-continue":
                 self.refusal = _Refused(417, "unsupported expectation")
@@ -596,8 +599,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if access.wanted:
             client = self.client[0] if self.client else "-"
             rid = request_id.decode()
-            now = time.time()
-            access.record(AccessRecord(now, client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
+            access.note((time.time(), client, "-", "-", None, status, 0, 0, 0.0, rid, None, None))
 
     def deadline_passed(self) -> None:
         self.deadline = None

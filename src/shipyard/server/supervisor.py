@@ -4,6 +4,7 @@ SIGTERM or SIGINT shuts them all down gracefully."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from types import FrameType
 
+from shipyard.server.access import AccessPipe, format_lines
 from shipyard.server.config import ServerConfig
 
 log = logging.getLogger("shipyard.server")
@@ -26,6 +28,8 @@ _EXIT_MARGIN = 5.0
 _SOON = 10.0
 _FIRST_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
+# an access pipe holds this much: a worker's last batches fit while the supervisor waits for it to stop
+_ACCESS_PIPE_SIZE = 1024 * 1024
 
 
 def bind(config: ServerConfig) -> socket.socket:
@@ -63,6 +67,8 @@ class Supervisor:
         self.failed = False
         self.announced = False  # the banner is out
         self._lifeline_read, self._lifeline_write = os.pipe()
+        # read ends of the workers' access pipes (those of dead workers until they are drained)
+        self.access: dict[int, AccessPipe] = {}
 
     def _spawn_companion(self, number: int) -> _Worker:
         command = [*self.config.companions[-number - 1], "--lifeline-fd", str(self._lifeline_read)]
@@ -76,6 +82,17 @@ class Supervisor:
             return self._spawn_companion(number)
         ready_read, ready_write = os.pipe()
         fd = self.sock.fileno()
+        passed = [fd, ready_write, self._lifeline_read]
+        access_write: int | None = None
+        extra: list[str] = []
+        if self.config.access_log:
+            access_read, access_write = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(access_write, fcntl.F_SETPIPE_SZ, _ACCESS_PIPE_SIZE)
+            os.set_blocking(access_read, False)
+            self.access[access_read] = AccessPipe(access_read)
+            passed.append(access_write)
+            extra = ["--access-fd", str(access_write)]
         cmd = [
             sys.executable,
             "-m",
@@ -86,13 +103,16 @@ class Supervisor:
             str(ready_write),
             "--lifeline-fd",
             str(self._lifeline_read),
+            *extra,
             # the banner is the supervisor's alone, and may hold a secret: not on a worker's command line
             replace(self.config, banner=None).to_json(),
         ]
         try:
-            process = subprocess.Popen(cmd, pass_fds=(fd, ready_write, self._lifeline_read))
+            process = subprocess.Popen(cmd, pass_fds=passed)
         finally:
             os.close(ready_write)
+            if access_write is not None:
+                os.close(access_write)
         log.debug("worker %d started (pid %d)", number, process.pid)
         return _Worker(number, process, ready_read, time.monotonic())
 
@@ -120,7 +140,7 @@ class Supervisor:
             signal.set_wakeup_fd(previous_wakeup)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-            for fd in (wake_read, wake_write, self._lifeline_read, self._lifeline_write):
+            for fd in (wake_read, wake_write, self._lifeline_read, self._lifeline_write, *self.access):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             for worker in self.workers:
@@ -135,10 +155,13 @@ class Supervisor:
         try:
             due = [w.restart_at for w in self.workers if w.restart_at is not None]
             timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in due)])
-            readable, _, _ = select.select([wake_read, *waiting], [], [], timeout)
+            readable, _, _ = select.select([wake_read, *waiting, *self.access], [], [], timeout)
         except InterruptedError:
             readable = []
         for fd in readable:
+            if fd in self.access:
+                self._write_access(fd)
+                continue
             if fd == wake_read:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_read, 512):
@@ -181,6 +204,37 @@ class Supervisor:
             )
             worker.restart_at = time.monotonic() + delay
 
+    def _write_access(self, fd: int) -> None:
+        pipe = self.access[fd]
+        batches = pipe.read()
+        if batches is None:
+            del self.access[fd]
+            os.close(fd)
+            return
+        as_json = self.config.log_format == "json"
+        for batch in batches:
+            data = format_lines(batch, as_json=as_json).encode("utf-8", "backslashreplace")
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(sys.stderr.fileno(), view) :]
+            except OSError:
+                return  # nowhere to log to
+
+    def _drain_access(self, timeout: float) -> None:
+        """Write what the workers send until `timeout` passes or every access pipe is at its end."""
+        deadline = time.monotonic() + timeout
+        while self.access:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                readable, _, _ = select.select(list(self.access), [], [], left)
+            except InterruptedError:
+                continue
+            for fd in readable:
+                self._write_access(fd)
+
     def _stop_workers(self) -> None:
         """SIGTERM to every worker, then wait for them; whoever outlives the grace period is killed."""
         self.sock.close()
@@ -189,6 +243,11 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.graceful_timeout + _EXIT_MARGIN
+        # meanwhile their last access lines arrive: read, so that no worker blocks writing them
+        while self.access and any(w.process.poll() is None for w in self.workers):
+            if time.monotonic() >= deadline:
+                break
+            self._drain_access(0.05)
         for worker in self.workers:
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -196,6 +255,7 @@ class Supervisor:
                 log.warning("%s (pid %d) did not stop in time: killed", worker.name, worker.process.pid)
                 worker.process.kill()
                 worker.process.wait()
+        self._drain_access(1.0)
 
 
 def serve(config: ServerConfig) -> int:

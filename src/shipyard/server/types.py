@@ -14,8 +14,9 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class AccessRecord(NamedTuple):
-    """One finished request, as the server hands it to the application's `access_observer`. A named
-    tuple, not a frozen dataclass: it is made for every request, and was five times dearer as one."""
+    """One finished request, as the server hands it to the application's `access_observer` or, in a
+    list, to its `access_batch_observer`, in batches at least once a second. A named tuple, not a
+    frozen dataclass: it is made for every request, and was five times dearer as one."""
 
     time: float  # epoch seconds when the request head was complete
     client: str  # the client's address, after trusted proxy headers

@@ -143,15 +143,20 @@ def raise_descriptor_limit(max_connections: int) -> None:
         )
 
 
-async def _serve(config: ServerConfig, fd: int, ready_fd: int | None, lifeline_fd: int | None) -> int:
+async def _serve(
+    config: ServerConfig, fd: int, ready_fd: int | None, lifeline_fd: int | None, access_fd: int | None
+) -> int:
     loop = asyncio.get_running_loop()
     raise_descriptor_limit(config.max_connections)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     app = load_app(config.app, factory=config.factory)
     worker = Worker(app, config, sock)
-    # configure_logging writes to standard error: the access log joins it there, in batches
-    worker.state.access.buffer_to(sys.stderr.fileno())
+    if access_fd is not None:
+        worker.state.access.send_to(access_fd)  # the supervisor writes the lines
+    else:
+        # configure_logging writes to standard error: the access log joins it there, in batches
+        worker.state.access.buffer_to(sys.stderr.fileno())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
     if lifeline_fd is not None:
@@ -181,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
     parser.add_argument("--ready-fd", type=int, help="write a byte here once serving")
     parser.add_argument("--lifeline-fd", type=int, help="end of file here means the supervisor is gone")
+    parser.add_argument("--access-fd", type=int, help="send the access log's raw records here, in batches")
     parser.add_argument("config", help="ServerConfig as JSON")
     args = parser.parse_args(argv)
     config = ServerConfig.from_json(args.config)
     configure_logging(config.log_level)
     runner = asyncio.Runner(loop_factory=lambda: new_event_loop(config.event_loop))
     with contextlib.suppress(KeyboardInterrupt), runner:
-        return runner.run(_serve(config, args.fd, args.ready_fd, args.lifeline_fd))
+        return runner.run(_serve(config, args.fd, args.ready_fd, args.lifeline_fd, args.access_fd))
     return 0
 
 

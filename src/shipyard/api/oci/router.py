@@ -153,9 +153,9 @@ class OciApi:
         if match is None:
             await respond(send, 404, {"content-type": JSON}, NO_SUCH_ENDPOINT)
             return
-        request.scope["route"] = _TEMPLATES[match.lastgroup if match["upload"] != "" else "uploads"]
+        route = request.scope["route"] = _TEMPLATES[match.lastgroup if match["upload"] != "" else "uploads"]
         name = validate_name(match["name"])
-        allow = _allowed_methods(match)
+        allow = _ALLOWED[route]
         request.scope["repository"] = name
         action = _ACTIONS.get(method)
         if action is None or method not in allow:
@@ -206,6 +206,17 @@ class MethodNotAllowed(RegistryError):
     def __init__(self, allow: str) -> None:
         super().__init__(f"this endpoint allows {allow}")
         self.allow = allow
+
+
+# the methods each route answers, by template: a lookup per request, not a call
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "/v2/{name}/manifests/{reference}": ("GET", "HEAD", "PUT", "DELETE"),
+    "/v2/{name}/blobs/uploads/": ("POST",),
+    "/v2/{name}/blobs/uploads/{uuid}": ("GET", "PATCH", "PUT", "DELETE"),
+    "/v2/{name}/blobs/{digest}": ("GET", "HEAD", "DELETE"),
+    "/v2/{name}/tags/list": ("GET",),
+    "/v2/{name}/referrers/{digest}": ("GET",),
+}
 
 
 def _allowed_methods(match: re.Match[str]) -> tuple[str, ...]:
