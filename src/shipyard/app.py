@@ -25,6 +25,10 @@ from shipyard.db import migrate
 from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
+from shipyard.db.webhooks import EventStore
+from shipyard.events.dispatcher import Dispatcher, DispatchPolicy
+from shipyard.events.sender import SendPolicy
+from shipyard.events.service import EventService
 from shipyard.services.access import AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
 from shipyard.services.health import ReadinessService
@@ -103,9 +107,12 @@ class Shipyard:
     periodic: Periodic
     executor: ThreadPoolExecutor
     identity: IdentityService | None = None
+    dispatcher: Dispatcher | None = None
 
     def close(self) -> None:
         self.periodic.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.registry.metadata.close()
         self.registry.pulls.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -134,6 +141,9 @@ def build(
     periodic.every(
         settings.upload_purge_interval_seconds, lambda: registry.purge_uploads(max_age), "purge-uploads"
     )
+    dispatcher = make_dispatcher(settings, engine)
+    # the integrator moves this to the worker schedule; sends go on in the dispatcher's own threads
+    periodic.every(1, lambda: dispatcher.run_once(wait_for_sends=False), "webhooks")
     identity = None if settings.insecure_no_auth else make_identity(settings, engine)
     policy: AccessPolicy
     if access is not None:
@@ -166,7 +176,16 @@ def build(
         management=(
             None
             if identity is None
-            else ManagementApi(identity, AccountService(identity.accounts, metadata), executor)
+            else ManagementApi(
+                identity,
+                AccountService(identity.accounts, metadata),
+                executor,
+                EventService(
+                    dispatcher.store,
+                    identity.accounts,
+                    allow_private_networks=settings.webhook_allow_private_networks,
+                ),
+            )
         ),
         # the PostgreSQL manifest cache is on only while a listener hears other processes' changes
         on_startup=[periodic.start, metadata.watch_changes],
@@ -180,7 +199,21 @@ def build(
         readiness=make_readiness(engine, registry.blobs),
         metrics=metrics,
     )
-    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
+    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity, dispatcher)
+
+
+def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
+    send = SendPolicy(
+        connect_timeout=min(5.0, settings.webhook_timeout_seconds),
+        total_timeout=settings.webhook_timeout_seconds,
+        allow_private=settings.webhook_allow_private_networks,
+    )
+    policy = DispatchPolicy(
+        retry_base=settings.webhook_retry_base_seconds,
+        retry_window=settings.webhook_retry_window_seconds,
+        send=send,
+    )
+    return Dispatcher(EventStore(engine), policy)
 
 
 def make_readiness(engine: Engine, blobs: BlobStore) -> ReadinessService:

@@ -76,6 +76,7 @@ from shipyard.api.types import Message, Receive, Scope, Send
 from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
 from shipyard.domain.errors import Unauthorized
 from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
+from shipyard.events.service import EventService
 from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
 
@@ -617,7 +618,9 @@ class _ManagementApp(FastAPI):
         return self.openapi_schema
 
 
-def build_app(identity: IdentityService, service: AccountService, executor: Executor) -> FastAPI:
+def build_app(
+    identity: IdentityService, service: AccountService, executor: Executor, events: EventService | None = None
+) -> FastAPI:
     app = _ManagementApp(
         title="Shipyard management API",
         version=__version__,
@@ -636,6 +639,11 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
     )
     app.state.services = _Services(identity, service, executor)
     app.include_router(router)
+    # the events and webhooks routes use this module's dependencies: imported here, not at the top
+    from shipyard.api.webhooks import router as webhooks_router
+
+    app.state.events = events
+    app.include_router(webhooks_router)
     app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
@@ -647,8 +655,14 @@ def build_app(identity: IdentityService, service: AccountService, executor: Exec
 class ManagementApi:
     """The ASGI entry of /api/v1/: a body-size guard and no-store answers around the framework."""
 
-    def __init__(self, identity: IdentityService, service: AccountService, executor: Executor) -> None:
-        self.app = build_app(identity, service, executor)
+    def __init__(
+        self,
+        identity: IdentityService,
+        service: AccountService,
+        executor: Executor,
+        events: EventService | None = None,
+    ) -> None:
+        self.app = build_app(identity, service, executor, events)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)

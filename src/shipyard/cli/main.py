@@ -497,6 +497,9 @@ def parser() -> argparse.ArgumentParser:
     from shipyard.cli.manage import register
 
     register(sub)
+    from shipyard.cli import webhooks
+
+    webhooks.register(sub)
     return top
 
 
