@@ -195,10 +195,8 @@ class MetadataStore:
         if existing is not None:
             return int(existing)
         now = utcnow()
-        created = conn.execute(
-            self._insert(Repository).values(name=name, created_at=now).on_conflict_do_nothing()
-        )
-        if created.rowcount == 1:
+        insert = self._insert(Repository).values(name=name, created_at=now).on_conflict_do_nothing()
+        if conn.execute(insert.returning(Repository.id)).scalar() is not None:
             outbox.repository_created(_cursor(conn), self._dialect == "postgresql", name, now)
         return int(conn.execute(select(Repository.id).where(Repository.name == name)).scalar_one())
 

@@ -284,6 +284,11 @@ class EventStore:
         Dispatchers running at once take disjoint events (PostgreSQL: SKIP LOCKED; SQLite: its write
         lock). The number of events taken."""
         now = utcnow()
+        undispatched = select(Event.id).where(Event.dispatched == false()).limit(1)
+        # a look first: an idle dispatcher never takes SQLite's write lock
+        with read_transaction(self.engine) as conn:
+            if conn.execute(undispatched).first() is None:
+                return 0
         with write_transaction(self.engine) as conn:
             rows = conn.execute(
                 select(*_EVENT_COLUMNS)
@@ -323,16 +328,18 @@ class EventStore:
         any) has run out: no other dispatcher sends them until the lease ends or the attempt is
         recorded."""
         now = utcnow()
+        due = select(WebhookDelivery.id).where(
+            WebhookDelivery.state == PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+            or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
+        )
+        with read_transaction(self.engine) as conn:
+            if conn.execute(due.limit(1)).first() is None:
+                return []
         with write_transaction(self.engine) as conn:
             ids = list(
                 conn.execute(
-                    select(WebhookDelivery.id)
-                    .where(
-                        WebhookDelivery.state == PENDING,
-                        WebhookDelivery.next_attempt_at <= now,
-                        or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
-                    )
-                    .order_by(WebhookDelivery.next_attempt_at)
+                    due.order_by(WebhookDelivery.next_attempt_at)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
                 ).scalars()
