@@ -191,6 +191,7 @@ def build(
         on_startup=[periodic.start, metadata.watch_changes],
         on_shutdown=[
             periodic.stop,
+            dispatcher.close,
             metadata.stop_watching,
             registry.pulls.flush,
             metrics.metrics.stop,

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select
 
+from shipyard.db.accounts import AccountStore
 from shipyard.db.models import Event, WebhookDelivery
 from shipyard.db.webhooks import EventStore, utcnow
 from shipyard.domain.events import EventRecord
@@ -28,6 +29,10 @@ from tests.conftest import Registry
 def store_of(registry: Registry) -> EventStore:
     assert registry.app is not None and registry.app.dispatcher is not None
     return registry.app.dispatcher.store
+
+
+def make_account(registry: Registry, name: str) -> None:
+    AccountStore(registry.app.engine).create_account(name)  # type: ignore[union-attr]
 
 
 def events_of(registry: Registry, repository: str) -> list[tuple[str, str | None, str | None]]:
@@ -127,7 +132,9 @@ def test_deletes_and_mounts_are_events(app_registry: Registry) -> None:
 def test_fan_out_matches_types_and_patterns_and_marks_events_once(app_registry: Registry) -> None:
     store = store_of(app_registry)
     store.fan_out(10_000)  # what earlier tests left
-    account = f"fan{threading.get_ident() % 10_000}"
+    account = "fan"
+    make_account(app_registry, account)
+    make_account(app_registry, "elsewhere")
     every = store.create_webhook(account, "http://example.com/a", [], [], "whsec_AAAA", None)
     web = store.create_webhook(
         account, "http://example.com/b", ["tag.created"], ["web/*"], "whsec_AAAA", None
@@ -154,6 +161,7 @@ def test_concurrent_dispatchers_take_each_event_once_and_each_attempt_once(app_r
     store = store_of(app_registry)
     store.fan_out(10_000)
     engine = app_registry.app.engine  # type: ignore[union-attr]
+    make_account(app_registry, "race")
     hook = store.create_webhook("race", "http://example.com/", [], [], "whsec_AAAA", None)
     now = utcnow()
     with engine.begin() as conn:
@@ -200,6 +208,7 @@ def test_an_event_that_commits_late_with_a_lower_id_is_not_lost(app_registry: Re
     store = store_of(app_registry)
     store.fan_out(10_000)
     engine = app_registry.app.engine  # type: ignore[union-attr]
+    make_account(app_registry, "late")
     hook = store.create_webhook("late", "http://example.com/", [], [], "whsec_AAAA", None)
     slow = engine.connect()
     slow_tx = slow.begin()
@@ -218,3 +227,19 @@ def test_an_event_that_commits_late_with_a_lower_id_is_not_lost(app_registry: Re
     slow.close()
     assert store.fan_out(100) == 1
     assert sorted(d.event_id for d in store.deliveries_page(hook.id, 10, None)) == [early, later]
+
+
+def test_a_new_account_of_a_deleted_ones_name_inherits_none_of_its_webhooks(app_registry: Registry) -> None:
+    store = store_of(app_registry)
+    store.fan_out(10_000)
+    accounts = AccountStore(app_registry.app.engine)  # type: ignore[union-attr]
+    accounts.create_account("reborn")
+    old = store.create_webhook("reborn", "http://example.com/", [], [], "whsec_AAAA", None)
+    accounts.delete_account("reborn")
+    accounts.create_account("reborn")
+    assert store.webhooks_page("reborn", 10, None) == []
+    assert store.get_webhook("reborn", old.id) is None
+    assert not store.delete_webhook("reborn", old.id)
+    push_image(app_registry.client, "reborn/app", "v1")
+    assert store.fan_out(10_000) == 3
+    assert store.deliveries_page(old.id, 10, None) == []

@@ -17,6 +17,7 @@ from standardwebhooks import Webhook as Verifier
 
 from tests.api.helpers import push_image
 from tests.conftest import DATABASES, database_url
+from tests.support.manage_cli import ManageCli
 from tests.support.receiver import dead_receiver, receiver
 from tests.support.server import ServerProcess, start_server
 
@@ -279,3 +280,63 @@ def test_accounts_see_only_their_own_events_webhooks_and_deliveries(
     assert {"iso-a", "iso-b"} <= {e["account"] for e in every}
     ok(api.delete(f"/api/v1/accounts/iso-a/webhooks/{a['id']}", auth=alpha), 204)
     assert status("GET", f"/api/v1/accounts/iso-a/webhooks/{a['id']}", alpha) == 404
+
+
+def test_the_command_line_manages_webhooks_and_reads_events(
+    server: ServerProcess,
+    api: httpx.Client,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cli = ManageCli(server, capsys, monkeypatch, ADMIN[1])
+    account_with_admin(api, "cli")
+    with receiver() as hook:
+        code, out, err = cli.run(
+            "webhooks",
+            "create",
+            "cli",
+            hook.url,
+            "--events",
+            "manifest.pushed,tag.deleted",
+            "--repository",
+            "web/*",
+        )
+        assert code == 0, err
+        assert "whsec_" in out and "it will not be shown again" in out
+        listed = cli.json("webhooks", "list", "cli")["webhooks"]
+        (webhook,) = listed
+        assert webhook["events"] == ["manifest.pushed", "tag.deleted"] and webhook["repositories"] == [
+            "web/*"
+        ]
+        code, out, _ = cli.run("webhooks", "list", "cli")
+        assert hook.url in out and "secret" not in out.lower()
+
+        with pusher(server, ADMIN, "cli/web/app") as client:
+            push_image(client, "cli/web/app", "v1")
+        hook.wait_for(1)
+        wait_until(
+            lambda: (
+                cli.json("webhooks", "deliveries", "cli", str(webhook["id"]))["deliveries"][0]["state"]
+                == "succeeded"
+            )
+        )
+        code, out, _ = cli.run("webhooks", "deliveries", "cli", str(webhook["id"]))
+        assert "succeeded" in out and " 200 " in out
+        delivery = cli.json("webhooks", "deliveries", "cli", str(webhook["id"]))["deliveries"][0]["id"]
+        code, out, err = cli.run("webhooks", "redeliver", "cli", str(webhook["id"]), str(delivery))
+        assert code == 0 and "pending" in out, err
+        hook.wait_for(2)
+
+        events = cli.json("events", "list", "--account", "cli", "--type", "manifest.pushed")["events"]
+        assert [e["repository"] for e in events] == ["cli/web/app"]
+        code, out, _ = cli.run("events", "list", "--repository", "cli/web/app")
+        assert "tag.created" in out and "repository.created" in out
+
+        # refusals are one line with the server's reason
+        code, out, err = cli.run("webhooks", "create", "cli", "ftp://example.com/")
+        assert code == 1 and err.count("\n") == 1 and "http:// or https://" in err and "HTTP 400" in err
+        code, out, err = cli.run("webhooks", "create", "nobody", "https://example.com/")
+        assert code == 1 and "no account nobody" in err
+        code, out, err = cli.run("webhooks", "delete", "cli", str(webhook["id"]))
+        assert code == 0 and out.strip() == "done"
+        assert cli.json("webhooks", "list", "cli")["webhooks"] == []

@@ -648,7 +648,9 @@ def build_app(
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    install_error_handlers(app, [*router.routes, *app.router.routes], lambda: identity.config.service)
+    install_error_handlers(
+        app, [*router.routes, *webhooks_router.routes, *app.router.routes], lambda: identity.config.service
+    )
     return app
 
 

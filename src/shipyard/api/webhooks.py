@@ -18,11 +18,12 @@ from shipyard.api.management import (
     _paged,
     link_next,
 )
-from shipyard.api.management_errors import ERROR_RESPONSES, ManagementRoute
+from shipyard.api.management_errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ManagementRoute
 from shipyard.api.management_models import SECRET_WARNING
 from shipyard.domain.events import EVENT_TYPES, DeliveryRecord, EventRecord, WebhookRecord
 from shipyard.domain.management import DEFAULT_PAGE
-from shipyard.events.service import EventService
+from shipyard.events.service import PATTERN_GRAMMAR, EventService
+from shipyard.events.targets import URL_PATTERN
 
 
 class _Body(BaseModel):
@@ -36,12 +37,17 @@ class _Document(BaseModel):
 class WebhookCreate(_Body):
     url: str = Field(
         max_length=2048,
-        description="http:// or https://, no credentials; private and loopback targets are refused",
+        # documented here, checked by the service (which says what is wrong, and audits)
+        json_schema_extra={"pattern": URL_PATTERN},
+        description=(
+            "http:// or https://, a host name or IPv4 address and no credentials; addresses in private, "
+            "loopback and link-local networks are refused (unless the registry allows them)"
+        ),
     )
     events: list[Annotated[str, Field(json_schema_extra={"enum": list(EVENT_TYPES)})]] = Field(
         default_factory=list, max_length=len(EVENT_TYPES), description="event types; none: every type"
     )
-    repositories: list[Annotated[str, Field(max_length=255)]] = Field(
+    repositories: list[Annotated[str, Field(json_schema_extra={"pattern": PATTERN_GRAMMAR})]] = Field(
         default_factory=list,
         max_length=20,
         description="glob patterns of repositories within the account (`web/*`); none: every repository",
@@ -225,7 +231,9 @@ async def list_webhooks(
     return Webhooks(webhooks=[Webhook(**_webhook_fields(w)) for w in found])
 
 
-@router.post(_WEBHOOKS, status_code=201, response_model=WebhookCreated, tags=["webhooks"])
+@router.post(
+    _WEBHOOKS, status_code=201, response_model=WebhookCreated, tags=["webhooks"], responses=CONFLICT_RESPONSE
+)
 async def create_webhook(
     call: Caller, request: Request, account: AccountPath, body: WebhookCreate
 ) -> WebhookCreated:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, false, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, exists, false, func, insert, or_, select, update
 
 from shipyard.db.engine import read_transaction, write_transaction
-from shipyard.db.models import Event, Webhook, WebhookAttempt, WebhookDelivery
+from shipyard.db.models import Account, Event, Webhook, WebhookAttempt, WebhookDelivery
 from shipyard.domain.events import (
     PENDING,
     AttemptRecord,
@@ -93,6 +93,13 @@ def _webhook(row: Any) -> WebhookRecord:
     )
 
 
+# A webhook belongs to the account of its name that existed when it was made: once that account is
+# deleted, a new account of the same name neither sees the webhook nor has its events sent to it.
+_LIVE = exists(
+    select(Account.id).where(Account.name == Webhook.account, Account.created_at <= Webhook.created_at)
+)
+
+
 def _listing(items: Sequence[Any], limit: int, key: Any) -> Listing[Any]:
     page = list(items[:limit])
     return Listing(page, key(page[-1]) if len(items) > limit and page else None)
@@ -113,9 +120,13 @@ class EventStore:
         account: str | None = None,
         repository: str | None = None,
         type: str | None = None,
+        since: datetime | None = None,
     ) -> Listing[EventRecord]:
-        """Events newest first, those before event `last`, filtered by account, repository and type."""
+        """Events newest first, those before event `last`, filtered by account, repository, type and
+        time (`since`: at or after it)."""
         query = select(*_EVENT_COLUMNS)
+        if since is not None:
+            query = query.where(Event.at >= since)
         if account is not None:
             query = query.where(Event.account == account)
         if repository is not None:
@@ -168,7 +179,7 @@ class EventStore:
         return _webhook(row)
 
     def webhooks_page(self, account: str, limit: int, last: int | None) -> Listing[WebhookRecord]:
-        query = select(*self._WEBHOOK_COLUMNS).where(Webhook.account == account)
+        query = select(*self._WEBHOOK_COLUMNS).where(Webhook.account == account, _LIVE)
         if last is not None:
             query = query.where(Webhook.id > last)
         with read_transaction(self.engine) as conn:
@@ -178,14 +189,16 @@ class EventStore:
     def get_webhook(self, account: str, webhook_id: int) -> WebhookRecord | None:
         with read_transaction(self.engine) as conn:
             row = conn.execute(
-                select(*self._WEBHOOK_COLUMNS).where(Webhook.id == webhook_id, Webhook.account == account)
+                select(*self._WEBHOOK_COLUMNS).where(
+                    Webhook.id == webhook_id, Webhook.account == account, _LIVE
+                )
             ).first()
         return None if row is None else _webhook(row)
 
     def delete_webhook(self, account: str, webhook_id: int) -> bool:
         with write_transaction(self.engine) as conn:
             found = conn.execute(
-                select(Webhook.id).where(Webhook.id == webhook_id, Webhook.account == account)
+                select(Webhook.id).where(Webhook.id == webhook_id, Webhook.account == account, _LIVE)
             ).scalar()
             if found is None:
                 return False
@@ -303,7 +316,9 @@ class EventStore:
             accounts = sorted({e.account for e in events})
             webhooks = [
                 _webhook(r)
-                for r in conn.execute(select(*self._WEBHOOK_COLUMNS).where(Webhook.account.in_(accounts)))
+                for r in conn.execute(
+                    select(*self._WEBHOOK_COLUMNS).where(Webhook.account.in_(accounts), _LIVE)
+                )
             ]
             deliveries = [
                 {

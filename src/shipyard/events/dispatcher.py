@@ -39,6 +39,17 @@ class DispatchPolicy:
     def delay(self, failures: int) -> float:
         return float(min(self.retry_base * 2 ** max(0, failures - 1), MAX_DELAY))
 
+    def next_state(
+        self, attempts: int, attempt: AttemptRecord, window_start: datetime
+    ) -> tuple[str, datetime]:
+        """The state of a delivery after its `attempts`-th attempt, and when to try next."""
+        if attempt.status is not None and 200 <= attempt.status < 300:
+            return SUCCEEDED, attempt.at
+        next_at = attempt.at + timedelta(seconds=self.delay(attempts))
+        if next_at > window_start + timedelta(seconds=self.retry_window):
+            return FAILED, attempt.at
+        return PENDING, next_at
+
 
 Post = Callable[[str, dict[str, str], bytes, sender.SendPolicy], AttemptRecord]
 
@@ -103,7 +114,7 @@ class Dispatcher:
 
     def _record(self, claim: Claim, attempt: AttemptRecord) -> None:
         window_start = claim.window_start or attempt.at
-        state, next_at = self.next_state(claim.attempts + 1, attempt, window_start)
+        state, next_at = self.policy.next_state(claim.attempts + 1, attempt, window_start)
         if attempt.status is None or state != SUCCEEDED:
             log.info(
                 "webhook delivery %s attempt %d: %s",
@@ -114,13 +125,3 @@ class Dispatcher:
         self.store.record_attempt(
             claim, self._owner, attempt, state=state, next_attempt_at=next_at, window_start=window_start
         )
-
-    def next_state(
-        self, attempts: int, attempt: AttemptRecord, window_start: datetime
-    ) -> tuple[str, datetime]:
-        if attempt.status is not None and 200 <= attempt.status < 300:
-            return SUCCEEDED, attempt.at
-        next_at = attempt.at + timedelta(seconds=self.policy.delay(attempts))
-        if next_at > window_start + timedelta(seconds=self.policy.retry_window):
-            return FAILED, attempt.at
-        return PENDING, next_at

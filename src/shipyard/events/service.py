@@ -10,9 +10,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shipyard.db.accounts import AccountStore, NotFound
+from shipyard.db.accounts import AccountStore, Conflict, NotFound
 from shipyard.db.webhooks import EventStore
-from shipyard.domain.accounts import PrincipalRecord, is_superuser
+from shipyard.domain.accounts import AccountRecord, PrincipalRecord, is_superuser
 from shipyard.domain.errors import Denied, PaginationInvalid, RequestInvalid
 from shipyard.domain.events import EVENT_TYPES, DeliveryRecord, EventRecord, WebhookRecord
 from shipyard.domain.management import MAX_PAGE, Listing
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 MAX_PATTERNS = 20
 MAX_WEBHOOKS = 100
 # a repository name's characters, and the glob's * and ?
-_PATTERN = re.compile(r"[a-z0-9._/*?-]{1,255}")
+PATTERN_GRAMMAR = r"^[a-z0-9._/*?-]{1,255}$"
+_PATTERN = re.compile(PATTERN_GRAMMAR)
 _DESCRIPTION = 500
 
 
@@ -52,15 +53,17 @@ class EventService:
 
     # -- authorization ---------------------------------------------------------------------------
 
-    def _require_admin(self, actor: PrincipalRecord, account: str) -> None:
+    def _require_admin(self, actor: PrincipalRecord, account: str) -> AccountRecord:
         if not is_superuser(actor):
             # outsiders learn nothing about other accounts, not even whether they exist
             if not (actor.active and actor.account == account):
                 raise NotFound(f"no account {account}")
             if actor.role != "admin":
                 raise Denied(f"only admins of {account} may do this")
-        if self.accounts.get_account(account) is None:
+        found = self.accounts.get_account(account)
+        if found is None:
             raise NotFound(f"no account {account}")
+        return found
 
     def _audit(
         self, actor: PrincipalRecord, source: str, action: str, account: str, target: str, reason: str
@@ -96,13 +99,15 @@ class EventService:
             raise RequestInvalid(f"unknown event type {type!r}: one of {', '.join(EVENT_TYPES)}")
         if repository is not None and account is None and not is_superuser(actor):
             account = repository.split("/", 1)[0]
+        since = None
         if not is_superuser(actor):
             account = account or actor.account
-            self._require_admin(actor, account)
+            # not the events of an earlier account of the same name
+            since = self._require_admin(actor, account).created_at
         if repository is not None and account is not None and repository.split("/", 1)[0] != account:
             return Listing([])
         return self.store.events_page(
-            _page_size(limit), last, account=account, repository=repository, type=type
+            _page_size(limit), last, account=account, repository=repository, type=type, since=since
         )
 
     # -- webhooks --------------------------------------------------------------------------------
@@ -136,7 +141,7 @@ class EventService:
         if description is not None and len(description) > _DESCRIPTION:
             raise WebhookInvalid(f"a description has at most {_DESCRIPTION} characters")
         if len(self.store.webhooks_page(account, MAX_WEBHOOKS, None)) >= MAX_WEBHOOKS:
-            raise WebhookInvalid(f"an account has at most {MAX_WEBHOOKS} webhooks")
+            raise Conflict(f"{account} has {MAX_WEBHOOKS} webhooks, the most an account may have")
         secret = signing.new_secret()
         webhook = self.store.create_webhook(
             account, url, dict.fromkeys(event_types), dict.fromkeys(repositories), secret, description

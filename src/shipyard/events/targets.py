@@ -8,6 +8,7 @@ networks are allowed), and the connection goes to that very address, so that a s
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,6 +16,14 @@ from urllib.parse import urlsplit
 from shipyard.domain.errors import RequestInvalid
 
 MAX_URL = 2048
+# what a webhook URL may be, as the API documents it: a host name or IPv4 address (no credentials, no
+# IPv6 literal), a port from 1 to 65535, a path and query of printable ASCII
+URL_PATTERN = (
+    r"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*"
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+    r"([/?][!-~]*)?$"
+)
+_URL = re.compile(URL_PATTERN)
 
 
 class TargetRefused(RequestInvalid):
@@ -33,8 +42,6 @@ class Target:
 def parse(url: str) -> Target:
     if len(url) > MAX_URL:
         raise TargetRefused(f"a webhook URL has at most {MAX_URL} characters")
-    if any(c.isspace() or ord(c) < 0x20 for c in url):
-        raise TargetRefused("a webhook URL has no spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -46,8 +53,11 @@ def parse(url: str) -> Target:
         raise TargetRefused("a webhook URL carries no credentials (user:password@)")
     if not parts.hostname:
         raise TargetRefused("a webhook URL names a host")
-    if parts.fragment:
-        raise TargetRefused("a webhook URL has no #fragment")
+    if not _URL.match(url):
+        raise TargetRefused(
+            "a webhook URL is http:// or https://, a host name or IPv4 address, an optional port, and a "
+            "path of printable ASCII without spaces"
+        )
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
@@ -68,16 +78,23 @@ def refusal(address: str) -> str | None:
         (ip.is_reserved, "reserved"),
     ):
         if flag:
-            return f"{address} is a {name} address"
+            article = "an" if name[0] in "aeiou" else "a"
+            return f"{address} is {article} {name} address"
     if not ip.is_global:
         return f"{address} is not a public address"
     return None
 
 
 def literal_address(host: str) -> str | None:
+    """The address a host names by itself, including the forms the C resolver reads as IPv4
+    (`127.1`, `2130706433`, `0x7f.0.0.1`), which no DNS name can take."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
+        pass
+    try:
+        return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+    except OSError:
         return None
 
 
