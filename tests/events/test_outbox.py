@@ -243,3 +243,20 @@ def test_a_new_account_of_a_deleted_ones_name_inherits_none_of_its_webhooks(app_
     push_image(app_registry.client, "reborn/app", "v1")
     assert store.fan_out(10_000) == 3
     assert store.deliveries_page(old.id, 10, None) == []
+
+
+def test_webhook_and_delivery_ids_are_never_reused(app_registry: Registry) -> None:
+    """A delivery's id is its message id, which receivers may remember to drop duplicates."""
+    store = store_of(app_registry)
+    store.fan_out(10_000)
+    make_account(app_registry, "ids")
+    first = store.create_webhook("ids", "http://example.com/", [], [], "whsec_AAAA", None)
+    push_image(app_registry.client, "ids/app", "v1")
+    store.fan_out(10_000)
+    delivered = max(d.id for d in store.deliveries_page(first.id, 10, None))
+    assert store.delete_webhook("ids", first.id)
+    second = store.create_webhook("ids", "http://example.com/", [], [], "whsec_AAAA", None)
+    assert second.id > first.id
+    push_image(app_registry.client, "ids/app", "v2")
+    store.fan_out(10_000)
+    assert min(d.id for d in store.deliveries_page(second.id, 10, None)) > delivered

@@ -260,6 +260,8 @@ class Webhook(Base):
     """An account's subscription of a URL to event types and repository patterns."""
 
     __tablename__ = "webhooks"
+    # ids are never reused (SQLite would reuse a deleted last one): deliveries are signed with them
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account: Mapped[str] = mapped_column(String(64), index=True)
@@ -282,6 +284,8 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("webhook_id", "event_id"),
         Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        # a delivery's id is its message id (webhook-id), which receivers may remember: never reused
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

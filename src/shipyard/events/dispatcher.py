@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "shipyard-webhooks"
 MAX_DELAY = 3600.0
+# deliveries a sending thread claims at once when it goes on by itself
+CLAIM_AHEAD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,40 +62,53 @@ class Dispatcher:
         self.policy = policy
         self._post = post
         self._owner = uuid.uuid4().hex
-        # a lease outlives any attempt: the total timeout, and room for recording it
-        self._lease = timedelta(seconds=2 * policy.send.total_timeout + 30)
+        # a lease outlives the attempts a thread holds, each up to the total timeout, and their records
+        self._lease = timedelta(seconds=CLAIM_AHEAD * policy.send.total_timeout + 30)
         self._pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="shipyard-webhook")
         self._in_flight = 0
+        self._closed = False
         self._lock = threading.Lock()
 
     def run_once(self, *, wait_for_sends: bool = True) -> int:
-        """Fan out new events, then send as many due deliveries as there is room for; the number sent.
-        Without `wait_for_sends` the sends go on in the dispatcher's threads after it returns (a slow
-        receiver then holds none of the caller's time)."""
+        """Fan out new events, then send as many due deliveries as there is room for (`concurrency`
+        at once); the number started. With `wait_for_sends` it returns when they are done: a bounded
+        batch. Without, the sends go on in the dispatcher's threads after it returns, and each thread
+        takes the next due delivery when it is done with one, until none is due: a slow receiver then
+        holds none of the caller's time, and a busy registry's deliveries keep up with its pushes."""
         self.store.fan_out(self.policy.fan_out_batch)
         with self._lock:
             room = self.policy.concurrency - self._in_flight
-        if room <= 0:
+        if room <= 0 or self._closed:
             return 0
         claims = self.store.claim_due(room, self._owner, self._lease)
         futures: list[Future[None]] = []
         for claim in claims:
             with self._lock:
                 self._in_flight += 1
-            futures.append(self._pool.submit(self._deliver, claim))
+            futures.append(self._pool.submit(self._deliver, claim, not wait_for_sends))
         if wait_for_sends:
             wait(futures)
         return len(claims)
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _deliver(self, claim: Claim) -> None:
+    def _deliver(self, claim: Claim, keep_going: bool) -> None:
         try:
-            attempt = self.send(claim)
-            self._record(claim, attempt)
-        except Exception:
-            log.exception("webhook delivery %s failed unexpectedly", claim.delivery_id)
+            queue = [claim]
+            while queue:
+                current = queue.pop(0)
+                try:
+                    self._record(current, self.send(current))
+                except Exception:
+                    log.exception("webhook delivery %s failed unexpectedly", current.delivery_id)
+                if not queue and keep_going and not self._closed:
+                    # a few at a time: fewer claiming transactions, each lease still covering its wait
+                    try:
+                        queue = self.store.claim_due(CLAIM_AHEAD, self._owner, self._lease)
+                    except Exception:
+                        log.exception("claiming webhook deliveries failed")
         finally:
             with self._lock:
                 self._in_flight -= 1
