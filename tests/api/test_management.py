@@ -256,6 +256,14 @@ ENDPOINTS = {
     ("GET", _REPOSITORY),
     ("PATCH", _REPOSITORY),
     ("DELETE", _REPOSITORY),
+    # events and webhooks (api/webhooks.py)
+    ("GET", "/api/v1/events"),
+    ("GET", f"{_ACCOUNT}/webhooks"),
+    ("POST", f"{_ACCOUNT}/webhooks"),
+    ("GET", f"{_ACCOUNT}/webhooks/{{webhook}}"),
+    ("DELETE", f"{_ACCOUNT}/webhooks/{{webhook}}"),
+    ("GET", f"{_ACCOUNT}/webhooks/{{webhook}}/deliveries"),
+    ("POST", f"{_ACCOUNT}/webhooks/{{webhook}}/deliveries/{{delivery}}/redeliver"),
 }
 
 
