@@ -27,17 +27,20 @@ INSERT_EVENT = Sql(
 )
 
 # PostgreSQL, before the manifest's own statement and in its transaction (which a missing reference
-# rolls back): the push's events from the state before it, in one round trip
+# rolls back): the push's events from the state before it. The tag names are compared in the "C"
+# collation of the column, so that the lookup is one probe of the tags' unique index (in the default
+# collation it scanned the repository's tags). A digest needs no escaping in JSON.
 PG_MANIFEST_PUSH_EVENTS = """
 WITH pushed AS (
     SELECT 1 WHERE NOT EXISTS (
         SELECT FROM manifests WHERE repository_id = %(repository_id)s AND digest = %(digest)s
     )
 ),
-wanted AS (SELECT name FROM unnest(CAST(%(tags)s AS text[])) AS tag(name)),
+wanted AS (SELECT name COLLATE "C" AS name FROM unnest(CAST(%(tags)s AS text[])) AS tag(name)),
 previous AS (
-    SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id
-    WHERE t.repository_id = %(repository_id)s AND t.name = ANY(CAST(%(tags)s AS text[]))
+    SELECT wanted.name, m.digest FROM wanted
+    JOIN tags t ON t.repository_id = %(repository_id)s AND t.name = wanted.name
+    JOIN manifests m ON m.id = t.manifest_id
 )
 INSERT INTO events (at, type, account, repository, digest, tag, media_type, size, detail)
 SELECT %(now)s, 'manifest.pushed', %(account)s, %(repository)s, %(digest)s, CAST(NULL AS text),
@@ -48,7 +51,7 @@ SELECT %(now)s, 'tag.created', %(account)s, %(repository)s, %(digest)s, wanted.n
 FROM wanted WHERE NOT EXISTS (SELECT FROM previous WHERE previous.name = wanted.name)
 UNION ALL
 SELECT %(now)s, 'tag.moved', %(account)s, %(repository)s, %(digest)s, previous.name,
-       %(media_type)s, CAST(%(size)s AS bigint), json_build_object('previous', previous.digest)::text
+       %(media_type)s, CAST(%(size)s AS bigint), '{"previous":"' || previous.digest || '"}'
 FROM previous WHERE previous.digest <> %(digest)s
 """
 SQLITE_MANIFEST_ID = "SELECT id FROM manifests WHERE repository_id = ? AND digest = ?"
