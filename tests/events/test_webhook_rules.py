@@ -4,16 +4,21 @@ event types and well-formed patterns; and the retry policy's defaults. In-proces
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
+from shipyard.auth.certs import issue_server_certificate
 from shipyard.domain.events import FAILED, PENDING, SUCCEEDED, AttemptRecord
 from shipyard.events.dispatcher import DispatchPolicy
+from shipyard.events.sender import SendPolicy, post
 from shipyard.events.targets import refusal
 from tests.auth.conftest import AuthRegistry, make_auth_registry
+from tests.support.receiver import receiver
 
 ROOT = ("admin", "pw")
 
@@ -120,3 +125,27 @@ def test_the_default_policy_retries_within_30_seconds_and_gives_up_after_a_day()
         at = next_at
     assert timedelta(hours=23) <= at - start <= timedelta(hours=24)
     assert 20 <= attempts <= 40
+
+
+def test_https_deliveries_verify_the_name_while_connecting_to_the_checked_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = issue_server_certificate(tmp_path / "certs", ["localhost"])
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(issued.server_cert, issued.server_key)
+    policy = SendPolicy(allow_private=True, total_timeout=5)
+    with receiver(tls=tls) as hook:
+        # the CA is not trusted: refused
+        untrusted = post(hook.url_for("localhost"), {}, b"{}", policy)
+        assert untrusted.status is None and "CERTIFICATE_VERIFY_FAILED" in (untrusted.error or "")
+        monkeypatch.setenv("SSL_CERT_FILE", str(issued.ca_cert))
+        # the name resolves to loopback (allowed here); TLS checks the certificate against the name
+        sent = post(hook.url_for("localhost"), {"content-type": "application/json"}, b'{"x":1}', policy)
+        assert sent.status == 200, sent.error
+        assert hook.wait_for(1)[0].body == b'{"x":1}'
+        # the certificate names localhost, not the address
+        by_address = post(hook.url_for("127.0.0.1"), {}, b"{}", policy)
+        assert by_address.status is None and "CERTIFICATE_VERIFY_FAILED" in (by_address.error or "")
+    # with private networks refused, the same name is not even connected to
+    refused = post("https://localhost:9/hook", {}, b"{}", SendPolicy())
+    assert refused.error is not None and refused.error.startswith("refused: localhost:")

@@ -5,6 +5,7 @@ answers."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, statuses: Callable[[int], int] = lambda _: 200) -> None:
+    def __init__(
+        self, statuses: Callable[[int], int] = lambda _: 200, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.requests: list[Received] = []
         self.statuses = statuses
         self._lock = threading.Condition()
@@ -50,12 +53,19 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.tls = tls
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        return self.url_for("127.0.0.1")
+
+    def url_for(self, host: str) -> str:
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{host}:{self.server.server_address[1]}/hook"
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -73,8 +83,10 @@ class Receiver:
 
 
 @contextmanager
-def receiver(statuses: Callable[[int], int] = lambda _: 200) -> Iterator[Receiver]:
-    r = Receiver(statuses)
+def receiver(
+    statuses: Callable[[int], int] = lambda _: 200, tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    r = Receiver(statuses, tls)
     try:
         yield r
     finally:
