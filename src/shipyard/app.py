@@ -29,15 +29,18 @@ from shipyard.db.webhooks import EventStore
 from shipyard.events.dispatcher import Dispatcher, DispatchPolicy
 from shipyard.events.sender import SendPolicy
 from shipyard.events.service import EventService
-from shipyard.services.access import AccessPolicy, AnonymousAccess
+from shipyard.services.access import SYSTEM, AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
 from shipyard.services.health import ReadinessService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
+from shipyard.services.jobs import JobService
 from shipyard.services.registry import RegistryService
 from shipyard.storage.base import BlobStore
 from shipyard.storage.direct import DIRECT_CHUNK
 from shipyard.storage.filesystem import FilesystemBlobStore
 from shipyard.storage.memory import MemoryBlobStore
+from shipyard.workers.store import Backoff, JobStore
+from shipyard.workers.worker import Handler, Handlers, Schedule, Worker
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,9 @@ def make_blob_store(settings: Settings) -> BlobStore:
 
 
 class Periodic:
-    """Runs jobs every few seconds on one daemon thread, off the request path."""
+    """Runs jobs every few seconds on one daemon thread, off the request path, in every process: for the
+    caches and buffers of the process itself. Work done once for the cluster is a schedule of the job
+    queue (`build_worker`)."""
 
     def __init__(self) -> None:
         self._jobs: list[tuple[float, Callable[[], object], str]] = []
@@ -136,11 +141,8 @@ def build(
     )
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="shipyard-io")
     periodic = Periodic()
+    # each process buffers its own pulls: each flushes its own
     periodic.every(settings.pull_flush_interval_seconds, registry.pulls.flush, "record-pulls")
-    max_age = timedelta(seconds=settings.upload_max_age_seconds)
-    periodic.every(
-        settings.upload_purge_interval_seconds, lambda: registry.purge_uploads(max_age), "purge-uploads"
-    )
     dispatcher = make_dispatcher(settings, engine)
     # the integrator moves this to the worker schedule; sends go on in the dispatcher's own threads
     periodic.every(1, lambda: dispatcher.run_once(wait_for_sends=False), "webhooks")
@@ -180,6 +182,7 @@ def build(
                 identity,
                 AccountService(identity.accounts, metadata),
                 executor,
+                JobService(make_job_store(settings, engine), _job_audit(identity)),
                 EventService(
                     dispatcher.store,
                     identity.accounts,
@@ -215,6 +218,79 @@ def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
         send=send,
     )
     return Dispatcher(EventStore(engine), policy)
+
+
+def make_job_store(settings: Settings, engine: Engine) -> JobStore:
+    return JobStore(engine, max_attempts=settings.job_max_attempts, backoff=Backoff())
+
+
+def _job_audit(identity: IdentityService) -> Callable[[str, str, str, str], None]:
+    def record(action: str, principal: str, source: str, target: str) -> None:
+        identity.accounts.record_event(
+            action,
+            principal=principal,
+            source=source,
+            account=None,
+            target=target,
+            outcome="allowed",
+            reason="by hand",
+        )
+
+    return record
+
+
+@dataclass
+class WorkerApp:
+    """A job worker and what it holds open."""
+
+    worker: Worker
+    engine: Engine
+    registry: RegistryService
+
+    def close(self) -> None:
+        self.registry.metadata.close()
+        self.engine.dispose()
+
+
+def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | None = None) -> WorkerApp:
+    """The worker: the job store, a handler for each job kind, and the cluster's schedules. A new kind of
+    background work is one `handlers.add` line here, and one `Schedule` line if it recurs."""
+    engine = make_engine(settings.resolved_database_url, pool_size=2)
+    metadata = MetadataStore(engine, change_file=settings.data_dir / "manifest-changes")
+    registry = RegistryService(
+        metadata,
+        make_blob_store(settings),
+        delete_enabled=settings.delete_enabled,
+        max_blob_bytes=settings.max_blob_bytes,
+        max_uploads_per_principal=settings.max_uploads_per_principal,
+    )
+    store = make_job_store(settings, engine)
+    max_age = timedelta(seconds=settings.upload_max_age_seconds)
+    retention = timedelta(seconds=settings.job_retention_seconds)
+    handlers = Handlers()
+    handlers.add("purge-uploads", lambda payload: registry.purge_uploads(SYSTEM, max_age))
+    handlers.add(
+        "prune-jobs", lambda payload: store.prune(retention, scheduled_done_older_than=timedelta(hours=1))
+    )
+    schedules = [
+        Schedule("purge-uploads", settings.upload_purge_interval_seconds, "purge-uploads"),
+        Schedule("prune-jobs", 3600, "prune-jobs"),
+    ]
+    if not settings.insecure_no_auth:
+        # deletes the key files no valid token needs any more, in the keys directory the servers share;
+        # read afresh at each run, as `shipyard keys rotate` may have changed them meanwhile
+        handlers.add("retire-signing-keys", lambda payload: _signing_keys(settings).retire_expired())
+        schedules.append(Schedule("retire-signing-keys", 3600, "retire-signing-keys"))
+    for kind, handler in (extra_handlers or {}).items():
+        handlers.add(kind, handler)
+    worker = Worker(
+        store,
+        handlers,
+        schedules,
+        lease_seconds=settings.job_lease_seconds,
+        poll_seconds=settings.job_poll_seconds,
+    )
+    return WorkerApp(worker, engine, registry)
 
 
 def make_readiness(engine: Engine, blobs: BlobStore) -> ReadinessService:
@@ -262,9 +338,15 @@ def make_metrics(settings: Settings, engine: Engine, registry: RegistryService) 
     def uploads(m: Metrics) -> None:
         m.uploads_in_progress.set(sum(1 for _ in registry.blobs.uploads()))
 
+    jobs = make_job_store(settings, engine)
+
+    def job_states(m: Metrics) -> None:
+        for state, count in jobs.counts().items():
+            m.jobs.labels(state).set(count)
+
     metrics.samplers += [database_pool, manifest_cache]
-    # every worker sees the same upload sessions: counting them once per scrape is enough
-    metrics.scrape_samplers.append(uploads)
+    # every worker sees the same upload sessions and jobs: counting them once per scrape is enough
+    metrics.scrape_samplers += [uploads, job_states]
     return MetricsEndpoint(metrics, access=settings.metrics_access, token=token)
 
 
@@ -272,6 +354,16 @@ def quiet_libraries(level: str) -> None:
     """Alembic tells at INFO what it sets up and which dialect it found; an operator needs none of it."""
     if level != "debug":
         logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _longest_token_lifetime(settings: Settings) -> float:
+    config = AuthConfig(
+        issuer=settings.auth_issuer,
+        service=settings.auth_service,
+        token_lifetime=settings.token_lifetime_seconds,
+        login_password_lifetime=settings.login_password_lifetime_seconds,
+    )
+    return max(config.token_lifetime, config.login_password_lifetime, config.refresh_lifetime)
 
 
 def make_identity(settings: Settings, engine: Engine) -> IdentityService:
@@ -289,16 +381,18 @@ def make_identity(settings: Settings, engine: Engine) -> IdentityService:
         hash_max_waiting=settings.login_hash_max_waiting,
         failed_auth_window=settings.failed_auth_audit_window_seconds,
     )
-    longest = max(config.token_lifetime, config.login_password_lifetime, config.refresh_lifetime)
+    return IdentityService(AccountStore(engine), _signing_keys(settings), config)
+
+
+def _signing_keys(settings: Settings) -> KeyRing:
     try:
-        keys = KeyRing(
+        return KeyRing(
             settings.resolved_keys_dir,
-            max_token_lifetime=longest,
+            max_token_lifetime=_longest_token_lifetime(settings),
             signing_key_file=settings.signing_key_file,
         )
     except SigningKeyError as exc:
         raise SettingsError(f"invalid setting signing_key_file (SHIPYARD_SIGNING_KEY_FILE): {exc}") from None
-    return IdentityService(AccountStore(engine), keys, config)
 
 
 def asgi_from_environment() -> ShipyardASGI:

@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     )
     upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")
     pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
+    embedded_worker: bool = Field(
+        True, description="`shipyard serve` runs a job worker beside its server workers (--no-worker: not)"
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a running job's lease: renewed while it runs; expires this long after its worker died",
+    )
+    job_poll_seconds: float = Field(1.0, gt=0, le=60, description="how often an idle worker looks for jobs")
+    job_max_attempts: int = Field(
+        5, ge=1, le=100, description="attempts before a failing job is kept as dead"
+    )
+    job_retention_seconds: int = Field(
+        7 * 86400, ge=60, description="finished jobs (done, dead, cancelled) are deleted after this"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     insecure_no_auth: bool = Field(

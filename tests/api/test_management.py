@@ -256,6 +256,10 @@ ENDPOINTS = {
     ("GET", _REPOSITORY),
     ("PATCH", _REPOSITORY),
     ("DELETE", _REPOSITORY),
+    ("GET", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs/{job_id}"),
+    ("POST", "/api/v1/jobs/{job_id}/retry"),
+    ("POST", "/api/v1/jobs/{job_id}/cancel"),
     # events and webhooks (api/webhooks.py)
     ("GET", "/api/v1/events"),
     ("GET", f"{_ACCOUNT}/webhooks"),

@@ -20,6 +20,7 @@ import pytest
 from shipyard.app import build
 from shipyard.config import Settings
 from shipyard.domain.errors import TooManyUploads
+from shipyard.services.access import SYSTEM, Actor
 from tests.api.helpers import assert_error, digest_of, random_bytes, start_upload, unique_repo
 from tests.conftest import database_url
 from tests.support.server import ServerProcess, start_server
@@ -248,16 +249,17 @@ def test_completing_or_cancelling_frees_a_slot(auth_server: ServerProcess) -> No
 
 
 def test_the_purge_frees_the_slots_of_abandoned_sessions(tmp_path: Path) -> None:
+    dev = Actor.granted("dev", [("repository", "acme/app", ["push"])])
     app = build(Settings(data_dir=tmp_path, max_uploads_per_principal=2), run_migrations=True)
     try:
         registry = app.registry
         for _ in range(2):
-            registry.start_upload("acme/app", "dev")
+            registry.start_upload(dev, "acme/app", "dev")
         with pytest.raises(TooManyUploads):
-            registry.start_upload("acme/app", "dev")
-        assert registry.start_upload("acme/app", None).size == 0  # authentication off: no cap
+            registry.start_upload(dev, "acme/app", "dev")
+        assert registry.start_upload(dev, "acme/app", None).size == 0  # authentication off: no cap
         time.sleep(0.01)
-        assert registry.purge_uploads(timedelta(0)) == 3
-        registry.start_upload("acme/app", "dev")
+        assert registry.purge_uploads(SYSTEM, timedelta(0)) == 3
+        registry.start_upload(dev, "acme/app", "dev")
     finally:
         app.close()

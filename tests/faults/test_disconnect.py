@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shipyard.api.oci.uploads import WRITE_BATCH
+from shipyard.services.ingest import WRITE_BATCH
 from shipyard.storage.direct import DIRECT_CHUNK
 from tests.faults.conftest import (
     FaultRegistry,

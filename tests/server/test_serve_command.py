@@ -30,6 +30,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def _server_workers(pid: int) -> list[int]:
+    """The children that serve (the others are companions, such as the job worker)."""
+    return [child for child in _children(pid) if b"shipyard.server.worker" in _cmdline(child)]
+
+
 def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
@@ -47,7 +56,10 @@ def test_the_supervisor_is_the_same_process_without_the_application(tmp_path: Pa
         pid = server.process.pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert b"shipyard.server" in cmdline, cmdline
-        (worker,) = _children(pid)
+        (worker,) = _server_workers(pid)
+        # and the embedded job worker beside it
+        (companion,) = set(_children(pid)) - {worker}
+        assert _cmdline(companion)[1:4] == [b"-m", b"shipyard", b"worker"]
         # the worker runs the application (SQLite and all); the supervisor never imported it
         assert "_sqlite3" in _mapped(worker)
         assert "_sqlite3" not in _mapped(pid)
@@ -75,7 +87,7 @@ def test_the_workers_run_uvloop_unless_told_otherwise(
     env = {} if setting is None else {"SHIPYARD_EVENT_LOOP": setting}
     server = start_server(tmp_path / "data", extra_env=env)
     try:
-        (worker,) = _children(server.process.pid)
+        (worker,) = _server_workers(server.process.pid)
         assert ("/uvloop/loop." in _mapped(worker)) is uvloop  # its compiled module
         with urllib.request.urlopen(f"{server.url}/v2/", timeout=5) as response:
             assert response.status == 200

@@ -213,3 +213,70 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(
     assert "starting a new one in 2.0 s" in log
     assert delays[2] >= 2.0 > delays[0], delays
     assert server.process.poll() is None
+
+
+# a companion that says when it starts, when SIGTERM stops it, and when its lifeline reaches end of file
+COMPANION = """
+import os, select, signal, sys
+trace, lifeline = sys.argv[1], int(sys.argv[sys.argv.index("--lifeline-fd") + 1])
+def say(what):
+    with open(trace, "a") as f:
+        f.write(f"{what} {os.getpid()}\\n")
+def stopped(signum, frame):
+    say("stopped")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+say("started")
+while True:
+    select.select([lifeline], [], [])
+    try:
+        if not os.read(lifeline, 1):
+            break
+    except BlockingIOError:
+        continue
+say("orphaned")
+"""
+
+
+def _trace_lines(trace: Path, count: int, timeout: float = 20) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line.split() for line in trace.read_text().splitlines()] if trace.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} lines in {trace}")
+
+
+def test_a_companion_is_restarted_when_it_dies_and_stopped_with_the_server(
+    supervised: list[Supervised], tmp_path: Path
+) -> None:
+    trace = tmp_path / "companion"
+    server = Supervised(
+        "tests.server.apps:echo", tmp_path, companions=((sys.executable, "-c", COMPANION, str(trace)),)
+    )
+    supervised.append(server)
+    server.wait_serving()
+    [(event, first)] = _trace_lines(trace, 1)
+    assert event == "started"
+    os.kill(int(first), signal.SIGKILL)
+    second = _trace_lines(trace, 2)[1]
+    assert second[0] == "started" and second[1] != first
+    assert "companion 1" in server.log() and "died" in server.log()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(20) == 0
+    assert _trace_lines(trace, 3)[2] == ["stopped", second[1]]
+
+
+def test_a_companion_stops_when_the_supervisor_is_killed(
+    supervised: list[Supervised], tmp_path: Path
+) -> None:
+    trace = tmp_path / "companion"
+    server = Supervised(
+        "tests.server.apps:echo", tmp_path, companions=((sys.executable, "-c", COMPANION, str(trace)),)
+    )
+    supervised.append(server)
+    server.wait_serving()
+    [(_, pid)] = _trace_lines(trace, 1)
+    os.kill(server.process.pid, signal.SIGKILL)
+    assert _trace_lines(trace, 2)[1] == ["orphaned", pid]

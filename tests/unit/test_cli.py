@@ -19,6 +19,7 @@ from shipyard.config import Settings
 from shipyard.db import migrate
 from shipyard.db.engine import make_engine
 from shipyard.domain.errors import Unauthorized
+from shipyard.services.access import SYSTEM
 from tests.support.postgres import PostgresServer
 
 
@@ -215,8 +216,8 @@ def test_migrate_with_a_bad_setting_creates_nothing(
 def start_upload(data_dir: Path) -> str:
     app = build(Settings(data_dir=data_dir), run_migrations=True)
     try:
-        upload = app.registry.start_upload("repo")
-        appender = app.registry.begin_append("repo", upload.id)
+        upload = app.registry.start_upload(SYSTEM, "repo")
+        appender = app.registry.begin_append(SYSTEM, "repo", upload.id)
         appender.write(b"some bytes")
         appender.finish()
         return upload.id

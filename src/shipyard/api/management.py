@@ -79,6 +79,7 @@ from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
 from shipyard.events.service import EventService
 from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
+from shipyard.services.jobs import JobService
 
 PREFIX = "/api/v1/"
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -96,6 +97,7 @@ class _Services:
     identity: IdentityService
     accounts: AccountService
     executor: Executor
+    jobs: JobService | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
@@ -619,8 +621,16 @@ class _ManagementApp(FastAPI):
 
 
 def build_app(
-    identity: IdentityService, service: AccountService, executor: Executor, events: EventService | None = None
+    identity: IdentityService,
+    service: AccountService,
+    executor: Executor,
+    jobs: JobService | None = None,
+    events: EventService | None = None,
 ) -> FastAPI:
+    # here, not at the top: the jobs and webhooks modules build their routes on this module's dependencies
+    from shipyard.api.management_jobs import router as jobs_router
+    from shipyard.api.webhooks import router as webhooks_router
+
     app = _ManagementApp(
         title="Shipyard management API",
         version=__version__,
@@ -637,20 +647,17 @@ def build_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.services = _Services(identity, service, executor)
+    app.state.services = _Services(identity, service, executor, jobs)
     app.include_router(router)
-    # the events and webhooks routes use this module's dependencies: imported here, not at the top
-    from shipyard.api.webhooks import router as webhooks_router
-
+    app.include_router(jobs_router)
     app.state.events = events
     app.include_router(webhooks_router)
     app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    install_error_handlers(
-        app, [*router.routes, *webhooks_router.routes, *app.router.routes], lambda: identity.config.service
-    )
+    routes = [*router.routes, *jobs_router.routes, *webhooks_router.routes, *app.router.routes]
+    install_error_handlers(app, routes, lambda: identity.config.service)
     return app
 
 
@@ -662,9 +669,10 @@ class ManagementApi:
         identity: IdentityService,
         service: AccountService,
         executor: Executor,
+        jobs: JobService | None = None,
         events: EventService | None = None,
     ) -> None:
-        self.app = build_app(identity, service, executor, events)
+        self.app = build_app(identity, service, executor, jobs, events)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)

@@ -95,6 +95,13 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.jobs = Gauge(
+            "shipyard_jobs",
+            "background jobs in the queue, by state (finished ones until they are pruned)",
+            ["state"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.db_pool_checked_out = Gauge(
             "shipyard_db_pool_checked_out",
             "database connections in use",

@@ -6,8 +6,10 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from shipyard import __version__
 from shipyard.config import Settings, SettingsError, load_settings
@@ -26,6 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "tls_cert": getattr(args, "tls_cert", None),
         "tls_key": getattr(args, "tls_key", None),
         "insecure_no_auth": getattr(args, "insecure_no_auth", None),
+        "embedded_worker": False if getattr(args, "no_worker", False) else None,
     }
     return load_settings(args.config, **overrides)
 
@@ -85,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # printed by the supervisor once every worker serves: a banner before the port is bound would
         # tell people to log in to a server that may never start
         banner=_banner(settings, admin_password),
+        # a process of its own, watched and restarted by the supervisor as the server workers are: a job
+        # that blocks or crashes takes no request handling with it (the settings reach it in SHIPYARD_*)
+        companions=((sys.executable, "-m", "shipyard", "worker"),) if settings.embedded_worker else (),
     )
     _fresh_metrics_directory(settings)
     # the supervisor only starts and watches the workers: it execs into a process of its own (the same
@@ -398,15 +404,85 @@ def cmd_admin_reset_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import select
+    import signal
+    import threading
+
+    from shipyard.app import build_worker
+    from shipyard.db import migrate
+
+    settings = _settings(args)
+    _configure_logging(settings)
+    extra = {kind: _load_handler(kind, target) for kind, target in map(_handler_option, args.extra_handler)}
+    app = build_worker(settings, extra_handlers=extra)
+    try:
+        if migrate.pending(app.engine):
+            print(
+                "shipyard: the database schema is behind: run `shipyard migrate` (or `shipyard serve`) first",
+                file=sys.stderr,
+            )
+            return 1
+        worker = app.worker
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # stop leasing; the job that runs now finishes (its lease expires if it outlasts our killer)
+            signal.signal(signum, lambda _signum, _frame: worker.stop())
+        if args.lifeline_fd is not None:
+            lifeline = args.lifeline_fd
+
+            def watch() -> None:
+                # nothing is ever written: readable means end of file, the supervisor is gone. The
+                # server workers' event loops may have made the shared descriptor non-blocking.
+                while True:
+                    select.select([lifeline], [], [])
+                    try:
+                        if not os.read(lifeline, 1):
+                            break
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        break
+                log.warning("the supervisor is gone: the worker stops")
+                worker.stop()
+
+            threading.Thread(target=watch, name="shipyard-lifeline", daemon=True).start()
+        worker.run()
+        log.info("worker %s stopped", worker.owner)
+    finally:
+        app.close()
+    return 0
+
+
+def _handler_option(text: str) -> tuple[str, str]:
+    kind, sep, target = text.partition("=")
+    if not sep or not kind or ":" not in target:
+        raise SettingsError(f"--extra-handler takes KIND=MODULE:FUNCTION, not {text!r}")
+    return kind, target
+
+
+def _load_handler(kind: str, target: str) -> Callable[[dict[str, Any]], object]:
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise SettingsError(f"--extra-handler {kind}={target}: {exc}") from None
+    if not callable(handler):
+        raise SettingsError(f"--extra-handler {kind}={target}: not callable")
+    return cast(Callable[[dict[str, Any]], object], handler)
+
+
 def cmd_purge_uploads(args: argparse.Namespace) -> int:
     from shipyard.app import build
+    from shipyard.services.access import SYSTEM
 
     settings = _settings(args)
     _configure_logging(settings)
     app = build(settings, run_migrations=True)
     try:
         seconds = args.older_than if args.older_than is not None else settings.upload_max_age_seconds
-        purged = app.registry.purge_uploads(timedelta(seconds=seconds))
+        purged = app.registry.purge_uploads(SYSTEM, timedelta(seconds=seconds))
     finally:
         app.close()
     print(f"purged {purged} abandoned uploads older than {seconds} s")
@@ -437,7 +513,27 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="DEVELOPMENT ONLY: no authentication at all",
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="run no job worker beside the server (run `shipyard worker` elsewhere)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    work = sub.add_parser(
+        "worker",
+        help="run background jobs (upload purge, schedules, ...) from the queue every worker shares",
+    )
+    common(work)
+    work.add_argument(
+        "--extra-handler",
+        action="append",
+        default=[],
+        metavar="KIND=MODULE:FUNCTION",
+        help="also run jobs of KIND with this function of an installed module (repeatable)",
+    )
+    work.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
+    work.set_defaults(func=cmd_worker)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
     common(mig)
@@ -494,9 +590,11 @@ def parser() -> argparse.ArgumentParser:
     lp.add_argument("-q", "--quiet", action="store_true", help="print only the password")
     lp.set_defaults(func=cmd_login_password)
 
+    from shipyard.cli.jobs import register as register_jobs
     from shipyard.cli.manage import register
 
     register(sub)
+    register_jobs(sub)
     from shipyard.cli import webhooks
 
     webhooks.register(sub)

@@ -12,6 +12,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+# libpq waits for ever by default on a host that accepts nothing or never answers: `serve`, `migrate`
+# and `config check` would hang instead of saying what is wrong. A URL's own connect_timeout wins.
+CONNECT_TIMEOUT_SECONDS = 10
+
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     parsed = make_url(url)
@@ -27,8 +31,12 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         _sqlite_events(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        if "connect_timeout" in parsed.query:
+            connect_args = {}
         return create_engine(
             parsed.set(drivername="postgresql+psycopg"),
+            connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=32,
             pool_pre_ping=False,

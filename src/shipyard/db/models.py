@@ -317,3 +317,40 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     # the first KiB of the response body, as text
     response: Mapped[str | None] = mapped_column(Text)
+
+
+class Job(Base):
+    """A background job of the cluster's shared queue (see shipyard.workers.store)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # a worker looks for the earliest due job of the kinds it handles
+        Index("ix_jobs_state_run_at", "state", "run_at"),
+        # the listing filters by kind, newest first
+        Index("ix_jobs_kind_id", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_at: Mapped[datetime] = mapped_column(TZ)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # an enqueue with a key that exists already adds nothing (a schedule's period, a one-off task)
+    unique_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class JobSchedule(Base):
+    """When a schedule's next period is due: the worker that moves it on enqueues that period's job."""
+
+    __tablename__ = "job_schedules"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(TZ)

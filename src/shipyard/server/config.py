@@ -46,6 +46,10 @@ class ServerConfig:
     log_format: str = "text"  # of the access log: "text" or "json"
     # printed once to stdout by the supervisor after the port is bound and every worker serves
     banner: str | None = None
+    # command lines of processes that run beside the workers (a job worker, say): started with them,
+    # restarted with backoff when they die, stopped with them; they serve no connections. Each is given
+    # `--lifeline-fd N`: a pipe that reaches end-of-file when the supervisor is gone
+    companions: tuple[tuple[str, ...], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -54,6 +58,7 @@ class ServerConfig:
     def from_json(cls, text: str) -> ServerConfig:
         fields = json.loads(text)
         fields["forwarded_allow_ips"] = tuple(fields.get("forwarded_allow_ips", ()))
+        fields["companions"] = tuple(tuple(command) for command in fields.get("companions", ()))
         return cls(**fields)
 
 

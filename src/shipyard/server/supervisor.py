@@ -49,6 +49,10 @@ class _Worker:
     def ready(self) -> bool:
         return self.ready_fd is None
 
+    @property
+    def name(self) -> str:
+        return f"worker {self.number}" if self.number > 0 else f"companion {-self.number}"
+
 
 class Supervisor:
     def __init__(self, config: ServerConfig, sock: socket.socket) -> None:
@@ -60,7 +64,16 @@ class Supervisor:
         self.announced = False  # the banner is out
         self._lifeline_read, self._lifeline_write = os.pipe()
 
+    def _spawn_companion(self, number: int) -> _Worker:
+        command = [*self.config.companions[-number - 1], "--lifeline-fd", str(self._lifeline_read)]
+        # the lifeline as the workers have it: the companion reads end-of-file once this process is gone
+        process = subprocess.Popen(command, pass_fds=(self._lifeline_read,))
+        log.debug("companion %s started (pid %d)", " ".join(command[-1:]), process.pid)
+        return _Worker(number, process, None, time.monotonic())
+
     def _spawn(self, number: int) -> _Worker:
+        if number < 0:
+            return self._spawn_companion(number)
         ready_read, ready_write = os.pipe()
         fd = self.sock.fileno()
         cmd = [
@@ -98,6 +111,8 @@ class Supervisor:
         }
         try:
             self.workers = [self._spawn(number) for number in range(1, self.config.workers + 1)]
+            # companions have negative numbers: -1 is the first
+            self.workers += [self._spawn(-1 - index) for index in range(len(self.config.companions))]
             while not self.stopping:
                 self._watch(wake_read)
             self._stop_workers()
@@ -150,7 +165,7 @@ class Supervisor:
                 continue
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             if not worker.ready:
-                log.error("worker %d (pid %d) failed to start (%s)", worker.number, worker.process.pid, how)
+                log.error("%s (pid %d) failed to start (%s)", worker.name, worker.process.pid, how)
                 self.failed = True
                 self.stopping = True
                 return
@@ -158,8 +173,8 @@ class Supervisor:
             worker.failures = worker.failures + 1 if soon else 0
             delay = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (worker.failures - 1)) if soon else 0.0
             log.warning(
-                "worker %d (pid %d) died (%s); starting a new one in %.1f s",
-                worker.number,
+                "%s (pid %d) died (%s); starting a new one in %.1f s",
+                worker.name,
                 worker.process.pid,
                 how,
                 delay,
@@ -178,9 +193,7 @@ class Supervisor:
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning(
-                    "worker %d (pid %d) did not stop in time: killed", worker.number, worker.process.pid
-                )
+                log.warning("%s (pid %d) did not stop in time: killed", worker.name, worker.process.pid)
                 worker.process.kill()
                 worker.process.wait()
 

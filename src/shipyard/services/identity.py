@@ -22,7 +22,7 @@ from shipyard.db.accounts import AccountStore
 from shipyard.domain.accounts import SUPERUSER_ACCOUNT, PrincipalRecord, actions_for, is_superuser
 from shipyard.domain.errors import NameInvalid, NameUnknown, Unauthorized
 from shipyard.domain.names import validate_name
-from shipyard.services.access import Action, CatalogFilter, Identity
+from shipyard.services.access import NOBODY, Action, Actor, CatalogFilter, Identity
 from shipyard.services.failed_auth import MAX_NAME, FailedAuthAudit, truncate
 from shipyard.services.principals import PrincipalView
 
@@ -80,6 +80,8 @@ class TokenIdentity(Identity):
     principal_id: int | None = None
     # the client address, for the audit log
     source: str | None = None
+    # what the token grants, for the services to check
+    actor: Actor = NOBODY
 
 
 class IdentityService:
@@ -337,7 +339,9 @@ class TokenAccess:
         # with a token seen before costs one dict lookup while the token lives and the view is unchanged
         self._known: dict[tuple[str, str | None], tuple[TokenIdentity, float, int]] = {}
 
-    def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
+    def known_caller(self, authorization: str | None, source: str | None = None) -> Identity | None:
+        """A token seen before, while it lives and the principal view is fresh and unchanged: a dict
+        lookup. Anything else is checked against the view, which may have to ask the database."""
         if not authorization:
             return _NO_TOKEN
         known = self._known.get((authorization, source))
@@ -345,6 +349,12 @@ class TokenAccess:
             seen, valid_until, seen_version = known
             if seen_version == self.identity.principals.current_version() and time.time() <= valid_until:
                 return seen
+        return None
+
+    def authenticate(self, authorization: str | None, source: str | None = None) -> Identity:
+        known = self.known_caller(authorization, source)
+        if known is not None or not authorization:
+            return known or _NO_TOKEN
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             return _NO_TOKEN
@@ -368,6 +378,7 @@ class TokenAccess:
             has_token=True,
             principal_id=principal_id,
             source=source,
+            actor=Actor.granted(claims.subject, ((a.type, a.name, a.actions) for a in claims.access)),
         )
         if version is not None:
             if len(self._known) >= 10_000:  # bound memory under a spray of tokens
@@ -405,6 +416,13 @@ class TokenAccess:
         shared = frozenset(self.identity.accounts.shared_with(principal.account))
         return CatalogFilter((principal.account,), public | shared)
 
+    def authorizes_instantly(self, identity: Identity, repository: str | None, action: Action) -> bool:
+        """Only a push asks more than the token: whether the account exists, which the principal view
+        knows without a query while it is fresh and names the account."""
+        if action != "push" or repository is None:
+            return True
+        return self.identity.principals.knows_account(repository.partition("/")[0])
+
     def authorize(self, identity: Identity, repository: str | None, action: Action) -> None:
         if self.allowed_scope(identity, repository, action):
             if action == "push" and repository is not None:
@@ -430,8 +448,8 @@ class TokenAccess:
             )
         raise Unauthorized("authentication required", extra={"scope": scope})
 
-    def allowed(self, identity: Identity, repository: str, action: Action) -> bool:
-        return self.allowed_scope(identity, repository, action)
+    def actor(self, identity: Identity) -> Actor:
+        return identity.actor if isinstance(identity, TokenIdentity) else NOBODY
 
     def _require_account(self, repository: str) -> None:
         """A push creates the repository: only inside an account's namespace, or it would hold a

@@ -91,6 +91,11 @@ class PrincipalView:
             return True
         return self._refresh(wait=True) and name in self._accounts
 
+    def knows_account(self, name: str) -> bool:
+        """Whether the account exists, as far as the view can tell without a query: False also when
+        the view is stale or does not know the name (then `has_account` asks the database)."""
+        return self._clock() < self._fresh_until and name in self._accounts
+
     def current_version(self) -> int | None:
         """The view's version while it is fresh, else None (a lookup would refresh it first)."""
         if self._clock() >= self._fresh_until:

@@ -6,7 +6,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from shipyard.db.metadata import MetadataStore
@@ -27,7 +27,7 @@ from shipyard.domain.errors import (
 from shipyard.domain.manifest import parse_manifest
 from shipyard.domain.names import is_tag, validate_name, validate_tag
 from shipyard.domain.records import BlobInfo, Page, PutManifestResult, Referrer, StoredManifest, UploadState
-from shipyard.services.access import CatalogFilter
+from shipyard.services.access import Actor, CatalogFilter
 from shipyard.services.pulls import PullRecorder
 from shipyard.storage.base import UPLOAD_ID, BlobStore, BlobWriter, UploadBusy, UploadMissing
 
@@ -136,7 +136,8 @@ class RegistryService:
 
     # -- blobs -------------------------------------------------------------------------------
 
-    def stat_blob(self, repository: str, digest: str) -> BlobInfo:
+    def stat_blob(self, actor: Actor, repository: str, digest: str) -> BlobInfo:
+        actor.require(repository, "pull")
         validate_name(repository)
         parsed = Digest.parse(digest)
         size = self.metadata.linked_blob_size(repository, str(parsed))
@@ -144,13 +145,20 @@ class RegistryService:
             raise BlobUnknown(f"blob unknown to repository: {digest}")
         return BlobInfo(str(parsed), size)
 
-    def blob_local_path(self, digest: str) -> str | None:
+    def blob_local_path(self, actor: Actor, repository: str, digest: str) -> str | None:
+        """Where the blob lies on local disk, if it does; for a blob `stat_blob` found linked."""
+        actor.require(repository, "pull")
         return self.blobs.local_path(Digest.parse(digest))
 
-    def read_blob(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    def read_blob(
+        self, actor: Actor, repository: str, digest: str, offset: int = 0, length: int | None = None
+    ) -> Iterator[bytes]:
+        """The blob's bytes; for a blob `stat_blob` found linked (this does not ask the database again)."""
+        actor.require(repository, "pull")
         return self.blobs.read(Digest.parse(digest), offset, length)
 
-    def delete_blob(self, repository: str, digest: str) -> None:
+    def delete_blob(self, actor: Actor, repository: str, digest: str) -> None:
+        actor.require(repository, "delete")
         validate_name(repository)
         parsed = Digest.parse(digest)
         if not self.delete_enabled:
@@ -158,11 +166,10 @@ class RegistryService:
         if not self.metadata.unlink_blob(repository, str(parsed)):
             raise BlobUnknown(f"blob unknown to repository: {digest}")
 
-    def mount_blob(
-        self, repository: str, digest: str, source: str | None, may_read: Callable[[str], bool]
-    ) -> BlobInfo | None:
-        """Link a blob held by `source` (or, with no source, by any repository the caller may read).
+    def mount_blob(self, actor: Actor, repository: str, digest: str, source: str | None) -> BlobInfo | None:
+        """Link a blob held by `source` (or, with no source, by any repository the actor may pull from).
         None when it cannot be mounted: the caller then falls back to an upload."""
+        actor.require(repository, "push")
         validate_name(repository)
         try:
             parsed = Digest.parse(digest)
@@ -179,7 +186,7 @@ class RegistryService:
             candidates = self.metadata.repositories_with_blob(str(parsed))
         for candidate in candidates:
             size = self.metadata.linked_blob_size(candidate, str(parsed))
-            if size is None or not may_read(candidate):
+            if size is None or not actor.may(candidate, "pull"):
                 continue
             if self.blobs.stat(parsed) != size:
                 log.warning("blob %s is in the database but not in the store; not mounting", parsed)
@@ -190,10 +197,11 @@ class RegistryService:
 
     # -- uploads -----------------------------------------------------------------------------
 
-    def start_upload(self, repository: str, principal: str | None = None) -> UploadState:
+    def start_upload(self, actor: Actor, repository: str, principal: str | None = None) -> UploadState:
         """Open an upload session. With a `principal`, refuse it (TOOMANYREQUESTS) while that principal
         already holds max_uploads_per_principal sessions: completing, cancelling or the purge of
         abandoned ones frees them. Without one (authentication off) there is no cap."""
+        actor.require(repository, "push")
         validate_name(repository)
         upload_id = uuid.uuid4().hex
         if principal is None:
@@ -219,7 +227,12 @@ class RegistryService:
         self._remember_state(state)
         return state
 
-    def upload_status(self, repository: str, upload_id: str) -> UploadState:
+    def upload_status(self, actor: Actor, repository: str, upload_id: str) -> UploadState:
+        # the /v2 edge asks for pull (every GET does); a pusher is told where its upload stands
+        actor.require_any(repository, ("pull", "push"))
+        return self._upload_state(repository, upload_id)
+
+    def _upload_state(self, repository: str, upload_id: str) -> UploadState:
         validate_name(repository)
         if not UPLOAD_ID.match(upload_id):
             raise BlobUploadUnknown(f"upload unknown: {upload_id!r}")
@@ -229,13 +242,19 @@ class RegistryService:
         return state
 
     def begin_append(
-        self, repository: str, upload_id: str, start: int | None = None, length: int | None = None
+        self,
+        actor: Actor,
+        repository: str,
+        upload_id: str,
+        start: int | None = None,
+        length: int | None = None,
     ) -> UploadAppender:
         """Prepare to append a chunk. `start` is where the client says the chunk begins (416 if that is
         not where the upload stands); `length` is the chunk's declared length, when known.
 
         Where this process left the upload is where it still stands if the staged bytes end there (see
         _check_still_at): then the database need not be asked."""
+        actor.require(repository, "push")
         remembered = self._remembered_state(repository, upload_id)
         if remembered is not None and start in (None, remembered.size):
             self._check_room(remembered.size, length)
@@ -249,7 +268,7 @@ class RegistryService:
                 hasher = self._take_hasher(upload_id, remembered.size)
                 return UploadAppender(self, remembered, writer, hasher, length)
             writer.abort()
-        state = self.upload_status(repository, upload_id)
+        state = self._upload_state(repository, upload_id)
         if start is not None and start != state.size:
             raise RangeInvalid(f"chunk starts at {start}, the upload stands at {state.size}")
         self._check_room(state.size, length)
@@ -297,15 +316,16 @@ class RegistryService:
             raise BlobUploadUnknown(f"upload data is gone: {upload_id}") from None
 
     def complete_upload(
-        self, repository: str, upload_id: str, digest: str, state: UploadState | None = None
+        self, actor: Actor, repository: str, upload_id: str, digest: str, state: UploadState | None = None
     ) -> BlobInfo:
         """Verify the digest and make the blob visible. `state`: the upload as the caller's own append
         just left it (saves reading it again; whatever moved since, commit_upload notices). Without it,
         where this process last left the upload, if the staged bytes still end there."""
+        actor.require(repository, "push")
         if state is None or state.id != upload_id or state.repository != repository:
             state = self._remembered_state(repository, upload_id)
             if state is None or not self._staged_size_is(upload_id, state.size):
-                state = self.upload_status(repository, upload_id)
+                state = self._upload_state(repository, upload_id)
         parsed = Digest.parse(digest)
         actual = self._cached_digest(upload_id, state.size, parsed.algorithm)
         if actual is None:
@@ -330,12 +350,15 @@ class RegistryService:
         self._forget_state(upload_id)
         return BlobInfo(str(parsed), state.size)
 
-    def cancel_upload(self, repository: str, upload_id: str) -> None:
-        self.upload_status(repository, upload_id)
+    def cancel_upload(self, actor: Actor, repository: str, upload_id: str) -> None:
+        # the /v2 edge asks for delete (every DELETE does); the pusher itself may always give up
+        actor.require_any(repository, ("push", "delete"))
+        self._upload_state(repository, upload_id)
         self._drop_upload(upload_id)
 
-    def purge_uploads(self, max_age: timedelta) -> int:
+    def purge_uploads(self, actor: Actor, max_age: timedelta) -> int:
         """Remove uploads untouched for `max_age`, in the database and in the store."""
+        actor.require_system()
         cutoff = datetime.now(UTC) - max_age
         purged = 0
         for upload_id in self.metadata.stale_uploads(cutoff):
@@ -419,12 +442,14 @@ class RegistryService:
 
     def put_manifest(
         self,
+        actor: Actor,
         repository: str,
         reference: str,
         body: bytes,
         content_type: str | None,
         extra_tags: Iterable[str] = (),
     ) -> PutManifestResult:
+        actor.require(repository, "push")
         validate_name(repository)
         tags = [validate_tag(tag) for tag in extra_tags]
         expected: Digest | None = None
@@ -441,9 +466,10 @@ class RegistryService:
             str(manifest.digest), str(manifest.subject.digest) if manifest.subject else None
         )
 
-    def cached_manifest(self, repository: str, reference: str) -> StoredManifest | None:
+    def cached_manifest(self, actor: Actor, repository: str, reference: str) -> StoredManifest | None:
         """The manifest if the in-process cache holds it (the pull is recorded), else None: no slow
         I/O, so callers may ask on the event loop before falling back to `get_manifest`."""
+        actor.require(repository, "pull")
         found = self.metadata.cached_manifest(repository, reference)
         if found is not None:
             self.manifest_cache_hits += 1
@@ -453,7 +479,8 @@ class RegistryService:
             self.manifest_cache_misses += 1
         return found
 
-    def get_manifest(self, repository: str, reference: str) -> StoredManifest:
+    def get_manifest(self, actor: Actor, repository: str, reference: str) -> StoredManifest:
+        actor.require(repository, "pull")
         validate_name(repository)
         if is_digest(reference):
             found = self.metadata.manifest_by_digest(repository, str(Digest.parse(reference)))
@@ -468,7 +495,8 @@ class RegistryService:
         self.pulls.record(found.id)
         return found
 
-    def delete_manifest(self, repository: str, reference: str) -> None:
+    def delete_manifest(self, actor: Actor, repository: str, reference: str) -> None:
+        actor.require(repository, "delete")
         validate_name(repository)
         if not self.delete_enabled:
             raise Unsupported("deletes are disabled on this registry")
@@ -481,14 +509,18 @@ class RegistryService:
 
     # -- listing -----------------------------------------------------------------------------
 
-    def list_tags(self, repository: str, n: int | None, last: str | None) -> Page:
+    def list_tags(self, actor: Actor, repository: str, n: int | None, last: str | None) -> Page:
+        actor.require(repository, "pull")
         validate_name(repository)
         page = self.metadata.list_tags(repository, DEFAULT_PAGE_SIZE if n is None else n, _comparable(last))
         if page is None:
             raise NameUnknown(f"repository unknown: {repository}")
         return page
 
-    def catalog(self, n: int | None, last: str | None, visible: CatalogFilter | None = None) -> Page:
+    def catalog(
+        self, actor: Actor, n: int | None, last: str | None, visible: CatalogFilter | None = None
+    ) -> Page:
+        actor.require_catalog()
         limit = DEFAULT_PAGE_SIZE if n is None else n
         if visible is None:
             return self.metadata.catalog(limit, _comparable(last))
@@ -496,7 +528,10 @@ class RegistryService:
             limit, _comparable(last), namespaces=visible.namespaces, repositories=visible.repositories
         )
 
-    def referrers(self, repository: str, digest: str, artifact_type: str | None) -> list[Referrer]:
+    def referrers(
+        self, actor: Actor, repository: str, digest: str, artifact_type: str | None
+    ) -> list[Referrer]:
+        actor.require(repository, "pull")
         validate_name(repository)
         parsed = Digest.parse(digest)
         if artifact_type is not None and "\x00" in artifact_type:

@@ -13,8 +13,12 @@ from sqlalchemy import select
 from shipyard.db.metadata import MetadataStore
 from shipyard.db.models import Manifest
 from shipyard.domain import mediatypes as mt
+from shipyard.services.access import Actor
 from shipyard.services.pulls import PullRecorder
 from shipyard.services.registry import RegistryService
+
+# the caller of these tests, as a token granting every action on their repositories carries it
+ACTOR = Actor.granted("tester", [("repository", name, ["*"]) for name in ("app",)])
 
 
 class Sink:
@@ -133,11 +137,11 @@ def test_concurrent_pulls_and_flushes_lose_nothing() -> None:
 def test_pulls_of_a_manifest_reach_the_database(service: RegistryService, metadata: MetadataStore) -> None:
     config = b"{}"
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    upload = service.start_upload("app")
-    appender = service.begin_append("app", upload.id)
+    upload = service.start_upload(ACTOR, "app")
+    appender = service.begin_append(ACTOR, "app", upload.id)
     appender.write(config)
     appender.finish()
-    service.complete_upload("app", upload.id, config_digest)
+    service.complete_upload(ACTOR, "app", upload.id, config_digest)
     body = json.dumps(
         {
             "schemaVersion": 2,
@@ -146,15 +150,15 @@ def test_pulls_of_a_manifest_reach_the_database(service: RegistryService, metada
             "layers": [],
         }
     ).encode()
-    digest = service.put_manifest("app", "latest", body, mt.OCI_MANIFEST).digest
+    digest = service.put_manifest(ACTOR, "app", "latest", body, mt.OCI_MANIFEST).digest
 
     def last_pulled() -> datetime | None:
         with metadata.engine.connect() as conn:
             return conn.execute(select(Manifest.last_pulled_at).where(Manifest.digest == digest)).scalar_one()
 
     before = datetime.now(UTC).replace(tzinfo=None)
-    service.get_manifest("app", "latest")
-    service.get_manifest("app", digest)
+    service.get_manifest(ACTOR, "app", "latest")
+    service.get_manifest(ACTOR, "app", digest)
     assert last_pulled() is None  # not on the request path
     assert service.pulls.flush() == 1
     pulled = last_pulled()

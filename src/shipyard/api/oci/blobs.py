@@ -7,6 +7,7 @@ import re
 from shipyard.api.http import Request, header_list, respond
 from shipyard.api.oci.context import Context
 from shipyard.api.types import Send
+from shipyard.services.access import Actor
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -43,8 +44,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-async def get_blob(ctx: Context, request: Request, send: Send, name: str, digest: str) -> None:
-    info = await ctx.read(ctx.registry.stat_blob, name, digest)
+async def get_blob(ctx: Context, request: Request, send: Send, actor: Actor, name: str, digest: str) -> None:
+    info = await ctx.read(ctx.registry.stat_blob, actor, name, digest)
     head = request.method == "HEAD"
     headers = {
         "content-type": "application/octet-stream",
@@ -71,7 +72,7 @@ async def get_blob(ctx: Context, request: Request, send: Send, name: str, digest
         return
     extensions = request.scope.get("extensions") or {}
     zerocopy = "http.response.zerocopysend" in extensions
-    path = ctx.registry.blob_local_path(info.digest) if zerocopy or status == 200 else None
+    path = ctx.registry.blob_local_path(actor, name, info.digest) if zerocopy or status == 200 else None
     if path is not None and zerocopy:
         # the server hands the open file to the kernel (os.sendfile): no byte passes through Python
         try:
@@ -96,7 +97,7 @@ async def get_blob(ctx: Context, request: Request, send: Send, name: str, digest
         # the server sends the file itself, outside Python
         await send({"type": "http.response.pathsend", "path": path})
         return
-    chunks = ctx.registry.read_blob(info.digest, first, length)
+    chunks = ctx.registry.read_blob(actor, name, info.digest, first, length)
     try:
         while True:
             chunk = await ctx.run(next, chunks, None)
@@ -110,6 +111,8 @@ async def get_blob(ctx: Context, request: Request, send: Send, name: str, digest
     await send({"type": "http.response.body", "body": b""})
 
 
-async def delete_blob(ctx: Context, request: Request, send: Send, name: str, digest: str) -> None:
-    await ctx.run(ctx.registry.delete_blob, name, digest)
+async def delete_blob(
+    ctx: Context, request: Request, send: Send, actor: Actor, name: str, digest: str
+) -> None:
+    await ctx.run(ctx.registry.delete_blob, actor, name, digest)
     await respond(send, 202)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from shipyard.services.access import AccessPolicy
+from shipyard.services.ingest import BlobIngest
 from shipyard.services.registry import RegistryService
 
 P = ParamSpec("P")
@@ -24,6 +25,10 @@ class Context:
     # None when authentication is off
     auth_service: str | None = None
     public_url: str | None = None
+    ingest: BlobIngest = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ingest", BlobIngest(self.registry, self.executor))
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A hot-path read: inline when the metadata store answers in microseconds, else off the loop."""

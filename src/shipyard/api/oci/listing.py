@@ -11,7 +11,7 @@ from shipyard.api.types import Send
 from shipyard.domain import mediatypes
 from shipyard.domain.errors import PaginationInvalid
 from shipyard.domain.records import Page
-from shipyard.services.access import CatalogFilter
+from shipyard.services.access import Actor, CatalogFilter
 
 MAX_PAGE = 10_000
 
@@ -36,23 +36,25 @@ def _next_link(path: str, page: Page, n: int | None) -> dict[str, str]:
     return {"link": f'<{path}?n={size}&last={quote(page.items[-1], safe="")}>; rel="next"'}
 
 
-async def list_tags(ctx: Context, request: Request, send: Send, name: str) -> None:
+async def list_tags(ctx: Context, request: Request, send: Send, actor: Actor, name: str) -> None:
     n = _page_size(request)
-    page = await ctx.run(ctx.registry.list_tags, name, n, request.param("last"))
+    page = await ctx.run(ctx.registry.list_tags, actor, name, n, request.param("last"))
     headers = _next_link(f"/v2/{name}/tags/list", page, n)
     await respond_json(send, 200, {"name": name, "tags": page.items}, headers)
 
 
-async def catalog(ctx: Context, request: Request, send: Send, visible: CatalogFilter | None) -> None:
+async def catalog(
+    ctx: Context, request: Request, send: Send, actor: Actor, visible: CatalogFilter | None
+) -> None:
     n = _page_size(request)
-    page = await ctx.run(ctx.registry.catalog, n, request.param("last"), visible)
+    page = await ctx.run(ctx.registry.catalog, actor, n, request.param("last"), visible)
     headers = _next_link("/v2/_catalog", page, n)
     await respond_json(send, 200, {"repositories": page.items}, headers)
 
 
-async def referrers(ctx: Context, request: Request, send: Send, name: str, digest: str) -> None:
+async def referrers(ctx: Context, request: Request, send: Send, actor: Actor, name: str, digest: str) -> None:
     artifact_type = request.param("artifactType") or None
-    found = await ctx.run(ctx.registry.referrers, name, digest, artifact_type)
+    found = await ctx.run(ctx.registry.referrers, actor, name, digest, artifact_type)
     document = {
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_INDEX,

@@ -8,14 +8,17 @@ from shipyard.api.types import Headers, Send
 from shipyard.domain.errors import ManifestTooLarge
 from shipyard.domain.manifest import MAX_MANIFEST_BYTES
 from shipyard.domain.records import StoredManifest
+from shipyard.services.access import Actor
 
 
-async def get_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
+async def get_manifest(
+    ctx: Context, request: Request, send: Send, actor: Actor, name: str, reference: str
+) -> None:
     registry = ctx.registry
     # a cache hit needs no I/O worth leaving the event loop for, on any database
-    stored = registry.cached_manifest(name, reference)
+    stored = registry.cached_manifest(actor, name, reference)
     if stored is None:
-        stored = await ctx.read(registry.get_manifest, name, reference)
+        stored = await ctx.read(registry.get_manifest, actor, name, reference)
     await respond_raw(send, 200, _manifest_headers(stored), stored.content, head=request.method == "HEAD")
 
 
@@ -30,7 +33,9 @@ def _manifest_headers(stored: StoredManifest) -> Headers:
     ]
 
 
-async def put_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
+async def put_manifest(
+    ctx: Context, request: Request, send: Send, actor: Actor, name: str, reference: str
+) -> None:
     declared = request.content_length()
     if declared is not None and declared > MAX_MANIFEST_BYTES:
         raise ManifestTooLarge(f"manifest is {declared} bytes; the limit is {MAX_MANIFEST_BYTES}")
@@ -39,6 +44,7 @@ async def put_manifest(ctx: Context, request: Request, send: Send, name: str, re
         raise ManifestTooLarge(f"manifest exceeds {MAX_MANIFEST_BYTES} bytes")
     result = await ctx.run(
         ctx.registry.put_manifest,
+        actor,
         name,
         reference,
         body,
@@ -51,6 +57,8 @@ async def put_manifest(ctx: Context, request: Request, send: Send, name: str, re
     await respond(send, 201, headers)
 
 
-async def delete_manifest(ctx: Context, request: Request, send: Send, name: str, reference: str) -> None:
-    await ctx.run(ctx.registry.delete_manifest, name, reference)
+async def delete_manifest(
+    ctx: Context, request: Request, send: Send, actor: Actor, name: str, reference: str
+) -> None:
+    await ctx.run(ctx.registry.delete_manifest, actor, name, reference)
     await respond(send, 202)

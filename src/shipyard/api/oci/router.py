@@ -128,7 +128,11 @@ class OciApi:
         method = request.method
         path = request.path
         client = request.scope.get("client")
-        identity = ctx.access.authenticate(request.header("authorization"), client[0] if client else None)
+        authorization, source = request.header("authorization"), client[0] if client else None
+        identity = ctx.access.known_caller(authorization, source)
+        if identity is None:
+            # a token not seen before is checked against the principal view, which may ask the database
+            identity = await ctx.run(ctx.access.authenticate, authorization, source)
         request.scope["principal"] = None if identity.anonymous else identity.subject
         if path in ("/v2/", "/v2"):
             request.scope["route"] = "/v2/"
@@ -142,7 +146,8 @@ class OciApi:
             if method != "GET":
                 raise MethodNotAllowed("GET")
             ctx.access.authorize(identity, None, "pull")
-            await listing.catalog(ctx, request, send, ctx.access.catalog_filter(identity))
+            visible = await ctx.run(ctx.access.catalog_filter, identity)  # SQL: what is public, shared
+            await listing.catalog(ctx, request, send, ctx.access.actor(identity), visible)
             return
         match = _ROUTE.match(path)
         if match is None:
@@ -156,38 +161,42 @@ class OciApi:
         if action is None or method not in allow:
             raise MethodNotAllowed(", ".join(allow))
         try:
-            ctx.access.authorize(identity, name, action)
+            if ctx.access.authorizes_instantly(identity, name, action):
+                ctx.access.authorize(identity, name, action)
+            else:
+                await ctx.run(ctx.access.authorize, identity, name, action)
         except Unauthorized as error:
             if match["upload"] == "" and method == "POST":
                 _ask_for_mount_source(request, error)
             raise
+        actor = ctx.access.actor(identity)
         if (reference := match["reference"]) is not None:
             if method in ("GET", "HEAD"):
-                await manifests.get_manifest(ctx, request, send, name, reference)
+                await manifests.get_manifest(ctx, request, send, actor, name, reference)
             elif method == "PUT":
-                await manifests.put_manifest(ctx, request, send, name, reference)
+                await manifests.put_manifest(ctx, request, send, actor, name, reference)
             else:
-                await manifests.delete_manifest(ctx, request, send, name, reference)
+                await manifests.delete_manifest(ctx, request, send, actor, name, reference)
         elif (upload := match["upload"]) is not None:
             if upload == "":
-                await uploads.start_upload(ctx, request, send, name, identity)
+                await uploads.start_upload(ctx, request, send, actor, name, identity)
             elif method == "PATCH":
-                await uploads.patch_upload(ctx, request, send, name, upload)
+                await uploads.patch_upload(ctx, request, send, actor, name, upload)
             elif method == "PUT":
-                await uploads.finish_upload(ctx, request, send, name, upload)
+                await uploads.finish_upload(ctx, request, send, actor, name, upload)
             elif method == "GET":
-                await uploads.upload_status(ctx, request, send, name, upload)
+                await uploads.upload_status(ctx, request, send, actor, name, upload)
             else:
-                await uploads.cancel_upload(ctx, request, send, name, upload)
+                await uploads.cancel_upload(ctx, request, send, actor, name, upload)
         elif (digest := match["digest"]) is not None:
             if method in ("GET", "HEAD"):
-                await blobs.get_blob(ctx, request, send, name, digest)
+                await blobs.get_blob(ctx, request, send, actor, name, digest)
             else:
-                await blobs.delete_blob(ctx, request, send, name, digest)
+                await blobs.delete_blob(ctx, request, send, actor, name, digest)
         elif match["tags"] is not None:
-            await listing.list_tags(ctx, request, send, name)
+            await listing.list_tags(ctx, request, send, actor, name)
         else:
-            await listing.referrers(ctx, request, send, name, match["subject"])
+            await listing.referrers(ctx, request, send, actor, name, match["subject"])
 
 
 class MethodNotAllowed(RegistryError):

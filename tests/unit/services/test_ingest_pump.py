@@ -1,4 +1,4 @@
-"""How an upload request's body reaches the writer thread: batched, in order, one batch at a time,
+"""How a blob's body reaches the writer thread: batched, in order, one batch at a time,
 queued while the thread writes (up to a limit), and rolled back only once the thread has let go of
 the writer."""
 
@@ -14,10 +14,11 @@ from typing import Any, cast
 import pytest
 
 from shipyard.api.http import ClientDisconnected, Request
-from shipyard.api.oci import uploads
-from shipyard.api.oci.context import Context
 from shipyard.domain.errors import BlobUploadUnknown
 from shipyard.domain.records import UploadState
+from shipyard.services import ingest
+from shipyard.services.access import SYSTEM, Actor
+from shipyard.services.ingest import BlobIngest
 from shipyard.services.registry import UploadAppender
 
 KiB = 1024
@@ -92,13 +93,9 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-def _context(executor: ThreadPoolExecutor) -> Context:
-    return Context(registry=cast(Any, None), access=cast(Any, None), executor=executor)
-
-
 def _pump(executor: ThreadPoolExecutor, body: Body, appender: FakeAppender) -> Any:
     stream = aiter(_request(body).stream())
-    return uploads._pump(_context(executor), stream, cast(UploadAppender, appender), uploads._Batch())
+    return ingest.pump(executor, stream, cast(UploadAppender, appender), ingest.Batch())
 
 
 def test_pieces_arrive_whole_in_order_and_in_large_batches(executor: ThreadPoolExecutor) -> None:
@@ -115,16 +112,16 @@ def test_pieces_arrive_whole_in_order_and_in_large_batches(executor: ThreadPoolE
     assert full, "a body of many MiB goes in several batches"
     largest = max(sizes)
     for number, batch in enumerate(full):
-        limit = uploads.FIRST_BATCH if number == 0 else uploads.WRITE_BATCH
+        limit = ingest.FIRST_BATCH if number == 0 else ingest.WRITE_BATCH
         assert limit <= sum(map(len, batch)) < limit + largest
     # large pieces are handed over as they came (not copied); tiny ones are joined up
     handed = [piece for batch in appender.handed for piece in batch]
     assert all(
-        any(piece is given for given in handed) for piece in pieces if len(piece) >= uploads.SMALL_PIECE
+        any(piece is given for given in handed) for piece in pieces if len(piece) >= ingest.SMALL_PIECE
     )
     for batch in appender.batches:
         for first, second in itertools.pairwise(batch):
-            assert len(first) >= uploads.SMALL_PIECE or len(second) >= uploads.SMALL_PIECE
+            assert len(first) >= ingest.SMALL_PIECE or len(second) >= ingest.SMALL_PIECE
 
 
 PIECE = 512 * KiB
@@ -134,14 +131,14 @@ def _received_before_the_pump_waits(piece: int) -> int:
     """How many pieces of `piece` bytes the pump takes while the first batch is stuck in the writer
     thread: batches queue up until more than QUEUED_LIMIT bytes are handed over and not written."""
     batch = queued = delivered = 0
-    limit = uploads.FIRST_BATCH
+    limit = ingest.FIRST_BATCH
     while True:
         delivered += 1
         batch += piece
         if batch >= limit:
             queued += batch
-            batch, limit = 0, uploads.WRITE_BATCH
-            if queued > uploads.QUEUED_LIMIT:
+            batch, limit = 0, ingest.WRITE_BATCH
+            if queued > ingest.QUEUED_LIMIT:
                 return delivered
 
 
@@ -263,7 +260,9 @@ class FakeRegistry:
         self.error = error
         self.opened: list[tuple[object, ...]] = []
 
-    def begin_append(self, name: str, upload_id: str, start: int | None, length: int | None) -> FakeAppender:
+    def begin_append(
+        self, actor: Actor, name: str, upload_id: str, start: int | None, length: int | None
+    ) -> FakeAppender:
         self.opened.append((name, upload_id, start, length, self.body.delivered))
         if self.error is not None:
             raise self.error
@@ -273,8 +272,9 @@ class FakeRegistry:
 def _append(
     executor: ThreadPoolExecutor, registry: FakeRegistry, headers: list[tuple[bytes, bytes]] | None = None
 ) -> Any:
-    ctx = Context(registry=cast(Any, registry), access=cast(Any, None), executor=executor)
-    return uploads._append(ctx, _request(registry.body, headers), "a", "x")
+    request = _request(registry.body, headers)
+    length = request.content_length()
+    return BlobIngest(cast(Any, registry), executor).append(SYSTEM, "a", "x", request.stream(), None, length)
 
 
 def test_a_body_that_ends_in_the_first_batch_is_appended_in_one_thread_call() -> None:
@@ -297,7 +297,7 @@ def test_a_longer_body_of_unknown_length_streams_after_the_first_batch() -> None
     with ThreadPoolExecutor(max_workers=4) as executor:
         assert asyncio.run(_append(executor, registry)) == "state"
     (opened,) = registry.opened
-    assert opened[-1] * 100 * KiB >= uploads.FIRST_BATCH  # the first batch was in before it opened
+    assert opened[-1] * 100 * KiB >= ingest.FIRST_BATCH  # the first batch was in before it opened
     assert opened[-1] < len(pieces)
     assert bytes(appender.received) == b"".join(pieces)
     assert len(appender.batches) > 2 and appender.events[-1] == "finished"

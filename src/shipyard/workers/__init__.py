@@ -1,0 +1,1 @@
+"""Background work: the job queue shared by the cluster, its schedules, and the worker process."""
