@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages bench-ab
+.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages bench-ab bench-webhooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-packages:
 
 bench: $(VENV)/.bench-installed bench-packages system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# push throughput with one webhook subscribed vs none, side by side (bench/webhooks.py)
+bench-webhooks: $(VENV)/.test-installed
+	$(BIN)/python -m bench.webhooks
 
 bench-quick: $(VENV)/.bench-installed bench-packages system-packages
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)

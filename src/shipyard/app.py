@@ -25,6 +25,10 @@ from shipyard.db import migrate
 from shipyard.db.accounts import AccountStore
 from shipyard.db.engine import make_engine
 from shipyard.db.metadata import MetadataStore
+from shipyard.db.webhooks import EventStore
+from shipyard.events.dispatcher import Dispatcher, DispatchPolicy
+from shipyard.events.sender import SendPolicy
+from shipyard.events.service import EventService
 from shipyard.services.access import SYSTEM, AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
 from shipyard.services.health import ReadinessService
@@ -108,9 +112,12 @@ class Shipyard:
     periodic: Periodic
     executor: ThreadPoolExecutor
     identity: IdentityService | None = None
+    dispatcher: Dispatcher | None = None
 
     def close(self) -> None:
         self.periodic.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.registry.metadata.close()
         self.registry.pulls.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -136,6 +143,9 @@ def build(
     periodic = Periodic()
     # each process buffers its own pulls: each flushes its own
     periodic.every(settings.pull_flush_interval_seconds, registry.pulls.flush, "record-pulls")
+    dispatcher = make_dispatcher(settings, engine)
+    # the integrator moves this to the worker schedule; sends go on in the dispatcher's own threads
+    periodic.every(1, lambda: dispatcher.run_once(wait_for_sends=False), "webhooks")
     identity = None if settings.insecure_no_auth else make_identity(settings, engine)
     policy: AccessPolicy
     if access is not None:
@@ -173,12 +183,18 @@ def build(
                 AccountService(identity.accounts, metadata),
                 executor,
                 JobService(make_job_store(settings, engine), _job_audit(identity)),
+                EventService(
+                    dispatcher.store,
+                    identity.accounts,
+                    allow_private_networks=settings.webhook_allow_private_networks,
+                ),
             )
         ),
         # the PostgreSQL manifest cache is on only while a listener hears other processes' changes
         on_startup=[periodic.start, metadata.watch_changes],
         on_shutdown=[
             periodic.stop,
+            dispatcher.close,
             metadata.stop_watching,
             registry.pulls.flush,
             metrics.metrics.stop,
@@ -187,7 +203,21 @@ def build(
         readiness=make_readiness(engine, registry.blobs),
         metrics=metrics,
     )
-    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
+    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity, dispatcher)
+
+
+def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
+    send = SendPolicy(
+        connect_timeout=min(5.0, settings.webhook_timeout_seconds),
+        total_timeout=settings.webhook_timeout_seconds,
+        allow_private=settings.webhook_allow_private_networks,
+    )
+    policy = DispatchPolicy(
+        retry_base=settings.webhook_retry_base_seconds,
+        retry_window=settings.webhook_retry_window_seconds,
+        send=send,
+    )
+    return Dispatcher(EventStore(engine), policy)
 
 
 def make_job_store(settings: Settings, engine: Engine) -> JobStore:

@@ -164,6 +164,26 @@ class Settings(BaseSettings):
         None, description="bearer token that may read /metrics (compared in constant time, never logged)"
     )
 
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description=(
+            "let webhooks deliver to loopback, link-local and private addresses (off: such targets are "
+            "refused, against server-side request forgery)"
+        ),
+    )
+    webhook_retry_base_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=30,
+        description="a failed webhook delivery is retried after this, then twice as long each time",
+    )
+    webhook_retry_window_seconds: float = Field(
+        86400.0, gt=0, description="a webhook delivery is retried for this long after its first attempt"
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="a webhook receiver must answer within this (connecting: 5 s at most)"
+    )
+
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:

@@ -260,6 +260,14 @@ ENDPOINTS = {
     ("GET", "/api/v1/jobs/{job_id}"),
     ("POST", "/api/v1/jobs/{job_id}/retry"),
     ("POST", "/api/v1/jobs/{job_id}/cancel"),
+    # events and webhooks (api/webhooks.py)
+    ("GET", "/api/v1/events"),
+    ("GET", f"{_ACCOUNT}/webhooks"),
+    ("POST", f"{_ACCOUNT}/webhooks"),
+    ("GET", f"{_ACCOUNT}/webhooks/{{webhook}}"),
+    ("DELETE", f"{_ACCOUNT}/webhooks/{{webhook}}"),
+    ("GET", f"{_ACCOUNT}/webhooks/{{webhook}}/deliveries"),
+    ("POST", f"{_ACCOUNT}/webhooks/{{webhook}}/deliveries/{{delivery}}/redeliver"),
 }
 
 

@@ -76,6 +76,7 @@ from shipyard.api.types import Message, Receive, Scope, Send
 from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
 from shipyard.domain.errors import Unauthorized
 from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
+from shipyard.events.service import EventService
 from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
 from shipyard.services.jobs import JobService
@@ -620,10 +621,15 @@ class _ManagementApp(FastAPI):
 
 
 def build_app(
-    identity: IdentityService, service: AccountService, executor: Executor, jobs: JobService | None = None
+    identity: IdentityService,
+    service: AccountService,
+    executor: Executor,
+    jobs: JobService | None = None,
+    events: EventService | None = None,
 ) -> FastAPI:
-    # here, not at the top: the jobs module builds its routes on this module's dependencies
+    # here, not at the top: the jobs and webhooks modules build their routes on this module's dependencies
     from shipyard.api.management_jobs import router as jobs_router
+    from shipyard.api.webhooks import router as webhooks_router
 
     app = _ManagementApp(
         title="Shipyard management API",
@@ -644,11 +650,13 @@ def build_app(
     app.state.services = _Services(identity, service, executor, jobs)
     app.include_router(router)
     app.include_router(jobs_router)
+    app.state.events = events
+    app.include_router(webhooks_router)
     app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    routes = [*router.routes, *jobs_router.routes, *app.router.routes]
+    routes = [*router.routes, *jobs_router.routes, *webhooks_router.routes, *app.router.routes]
     install_error_handlers(app, routes, lambda: identity.config.service)
     return app
 
@@ -662,8 +670,9 @@ class ManagementApi:
         service: AccountService,
         executor: Executor,
         jobs: JobService | None = None,
+        events: EventService | None = None,
     ) -> None:
-        self.app = build_app(identity, service, executor, jobs)
+        self.app = build_app(identity, service, executor, jobs, events)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)

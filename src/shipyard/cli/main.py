@@ -595,6 +595,9 @@ def parser() -> argparse.ArgumentParser:
 
     register(sub)
     register_jobs(sub)
+    from shipyard.cli import webhooks
+
+    webhooks.register(sub)
     return top
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shipyard.db import sql
+from shipyard.db import outbox, sql
 from shipyard.db.engine import AutocommitConnections, autocommit, read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
 from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener, SharedChangeCounter
@@ -166,6 +166,8 @@ class MetadataStore:
                     repository_id = cursor.fetchone()[0]
                     if repository_id is None and create:
                         cursor.execute(sql.PG_CREATE_REPOSITORY, {"name": repository, "now": now})
+                        if cursor.rowcount == 1:
+                            outbox.repository_created(cursor, True, repository, now)
                         cursor.execute(sql.PG_LOCK_ONLY, {"name": repository})
                         repository_id = cursor.fetchone()[0]
                 else:
@@ -192,7 +194,10 @@ class MetadataStore:
         existing = conn.execute(select(Repository.id).where(Repository.name == name)).scalar()
         if existing is not None:
             return int(existing)
-        conn.execute(self._insert(Repository).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
+        now = utcnow()
+        insert = self._insert(Repository).values(name=name, created_at=now).on_conflict_do_nothing()
+        if conn.execute(insert.returning(Repository.id)).scalar() is not None:
+            outbox.repository_created(_cursor(conn), self._dialect == "postgresql", name, now)
         return int(conn.execute(select(Repository.id).where(Repository.name == name)).scalar_one())
 
     @staticmethod
@@ -204,7 +209,9 @@ class MetadataStore:
         if not create:
             return None
         cursor.execute(sql.CREATE_REPOSITORY.sqlite, {"name": name, "now": sql.sqlite_time(now)})
-        return int(cursor.lastrowid)
+        repository_id = int(cursor.lastrowid)
+        outbox.repository_created(cursor, False, name, now)
+        return repository_id
 
     @staticmethod
     def _repository_id(conn: Connection, name: str) -> int | None:
@@ -232,9 +239,11 @@ class MetadataStore:
         media_type: str | None = None,
         *,
         finished_upload: str | None = None,
+        mounted_from: str | None = None,
     ) -> None:
         """Record the blob and link it to `repository` (created if need be); with `finished_upload`,
-        the upload it came from ends in the same transaction."""
+        the upload it came from ends in the same transaction; with `mounted_from`, a new link is the
+        event blob.mounted."""
         now = utcnow()
         values = {
             "repository": repository,
@@ -243,7 +252,7 @@ class MetadataStore:
             "media_type": media_type,
             "upload": finished_upload,
         }
-        if self._dialect == "postgresql":
+        if self._dialect == "postgresql" and mounted_from is None:
             with self._statement() as cursor:
                 cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
                 if cursor.fetchone() is not None:
@@ -259,6 +268,8 @@ class MetadataStore:
                 values["repository_id"] = self._sqlite_repository_id(cursor, repository, True, now)
             cursor.execute(sql.INSERT_BLOB.text(postgres), values)
             cursor.execute(sql.LINK_BLOB.text(postgres), values)
+            if mounted_from is not None and cursor.rowcount == 1:
+                outbox.blob_mounted(cursor, postgres, repository, digest, size, mounted_from, now)
             if finished_upload is not None:
                 cursor.execute(sql.DELETE_UPLOAD.text(postgres), {"id": finished_upload})
 
@@ -379,6 +390,17 @@ class MetadataStore:
         children = sorted({str(c.digest) for c in manifest.children if not c.has_data})
         with self._manifest_change(repository, create=True) as (conn, repository_id):
             assert repository_id is not None
+            outbox.manifest_pushed(
+                _cursor(conn),
+                self._dialect == "postgresql",
+                repository,
+                repository_id,
+                str(manifest.digest),
+                manifest.media_type,
+                manifest.size,
+                tags,
+                utcnow(),
+            )
             if self._dialect == "postgresql":
                 missing = self._put_manifest_postgres(
                     _cursor(conn), repository_id, manifest, content, list(tags), blobs, children
@@ -588,6 +610,8 @@ class MetadataStore:
                     f"{digest} is listed by the image index {', '.join(parents)} in {repository}: "
                     "delete the index first"
                 )
+            postgres = self._dialect == "postgresql"
+            outbox.manifest_deleted(_cursor(conn), postgres, repository, manifest_id, digest, utcnow())
             # explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
             # do not want to depend on it
             conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
@@ -600,6 +624,9 @@ class MetadataStore:
         with self._manifest_change(repository) as (conn, repository_id):
             if repository_id is None:
                 return False
+            outbox.tag_deleted(
+                _cursor(conn), self._dialect == "postgresql", repository, repository_id, tag, utcnow()
+            )
             result = conn.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
             return bool(result.rowcount)
 
@@ -629,6 +656,7 @@ class MetadataStore:
         with self._manifest_change(repository) as (conn, repository_id):
             if repository_id is None:
                 return False
+            outbox.repository_deleted(_cursor(conn), self._dialect == "postgresql", repository, utcnow())
             manifests = select(Manifest.id).where(Manifest.repository_id == repository_id)
             conn.execute(delete(Tag).where(Tag.repository_id == repository_id))
             conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id.in_(manifests)))

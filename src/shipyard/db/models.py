@@ -230,6 +230,95 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16), server_default="denied")
 
 
+class Event(Base):
+    """The outbox: a change a user cares about, written in the transaction that makes the change.
+    `dispatched` turns true once the webhooks' deliveries of the event exist (in the dispatcher's own
+    transaction); a dispatcher takes the undispatched rows, whatever their order of commit."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        # GET /api/v1/events: an account's events newest first; the dispatcher's undispatched rows
+        Index("ix_events_account_id", "account", "id"),
+        Index("ix_events_dispatched_id", "dispatched", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TZ)
+    type: Mapped[str] = mapped_column(String(64))
+    account: Mapped[str] = mapped_column(String(64))
+    repository: Mapped[str | None] = mapped_column(String(255))
+    digest: Mapped[str | None] = mapped_column(DIGEST)
+    tag: Mapped[str | None] = mapped_column(String(128))
+    media_type: Mapped[str | None] = mapped_column(MEDIA_TYPE)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    # JSON text of what else the event carries (a mount's source repository, a moved tag's old digest)
+    detail: Mapped[str | None] = mapped_column(Text)
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+class Webhook(Base):
+    """An account's subscription of a URL to event types and repository patterns."""
+
+    __tablename__ = "webhooks"
+    # ids are never reused (SQLite would reuse a deleted last one): deliveries are signed with them
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # comma-separated event types; an empty text is every type
+    event_types: Mapped[str] = mapped_column(Text)
+    # comma-separated glob patterns of repository names; an empty text is every repository
+    repositories: Mapped[str] = mapped_column(Text)
+    # the Standard Webhooks signing secret (`whsec_...`): kept as it is, since signing needs it
+    secret: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class WebhookDelivery(Base):
+    """One event on its way to one webhook: pending until a receiver answers 2xx (succeeded) or the
+    retry window ends (failed). A dispatcher holds `lease_until` while it sends an attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        # a delivery's id is its message id (webhook-id), which receivers may remember: never reused
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ)
+    # the retry window runs from the first attempt (a redelivery by hand opens a new one)
+    window_start: Mapped[datetime | None] = mapped_column(TZ)
+    lease_until: Mapped[datetime | None] = mapped_column(TZ)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: when, the HTTP status or the error, how long, what the receiver said."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(TZ)
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    # the first KiB of the response body, as text
+    response: Mapped[str | None] = mapped_column(Text)
+
+
 class Job(Base):
     """A background job of the cluster's shared queue (see shipyard.workers.store)."""
 

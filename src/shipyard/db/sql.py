@@ -95,6 +95,11 @@ link AS (
     ON CONFLICT DO NOTHING
 ),
 finished AS (DELETE FROM upload_sessions WHERE id = %(upload)s AND EXISTS (SELECT FROM repository))
+-- the outbox: the repository's creation is an event in the same statement
+, created_event AS (
+    INSERT INTO events (at, type, account, repository)
+    SELECT %(now)s, 'repository.created', split_part(%(repository)s, '/', 1), %(repository)s FROM created
+)
 SELECT id FROM repository
 """
 

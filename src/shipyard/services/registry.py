@@ -191,7 +191,7 @@ class RegistryService:
             if self.blobs.stat(parsed) != size:
                 log.warning("blob %s is in the database but not in the store; not mounting", parsed)
                 return None
-            self.metadata.link_blob(repository, str(parsed), size)
+            self.metadata.link_blob(repository, str(parsed), size, mounted_from=candidate)
             return BlobInfo(str(parsed), size)
         return None
 
