@@ -112,12 +112,9 @@ class Shipyard:
     periodic: Periodic
     executor: ThreadPoolExecutor
     identity: IdentityService | None = None
-    dispatcher: Dispatcher | None = None
 
     def close(self) -> None:
         self.periodic.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.close()
         self.registry.metadata.close()
         self.registry.pulls.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -143,9 +140,8 @@ def build(
     periodic = Periodic()
     # each process buffers its own pulls: each flushes its own
     periodic.every(settings.pull_flush_interval_seconds, registry.pulls.flush, "record-pulls")
-    dispatcher = make_dispatcher(settings, engine)
-    # the integrator moves this to the worker schedule; sends go on in the dispatcher's own threads
-    periodic.every(1, lambda: dispatcher.run_once(wait_for_sends=False), "webhooks")
+    # webhooks are sent by the job workers (build_worker); the API reads and writes their records
+    events = EventStore(engine)
     identity = None if settings.insecure_no_auth else make_identity(settings, engine)
     policy: AccessPolicy
     if access is not None:
@@ -184,7 +180,7 @@ def build(
                 executor,
                 JobService(make_job_store(settings, engine), _job_audit(identity)),
                 EventService(
-                    dispatcher.store,
+                    events,
                     identity.accounts,
                     allow_private_networks=settings.webhook_allow_private_networks,
                 ),
@@ -194,7 +190,6 @@ def build(
         on_startup=[periodic.start, metadata.watch_changes],
         on_shutdown=[
             periodic.stop,
-            dispatcher.close,
             metadata.stop_watching,
             registry.pulls.flush,
             metrics.metrics.stop,
@@ -203,7 +198,7 @@ def build(
         readiness=make_readiness(engine, registry.blobs),
         metrics=metrics,
     )
-    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity, dispatcher)
+    return Shipyard(settings, engine, registry, asgi, periodic, executor, identity)
 
 
 def make_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
@@ -246,8 +241,10 @@ class WorkerApp:
     worker: Worker
     engine: Engine
     registry: RegistryService
+    dispatcher: Dispatcher
 
     def close(self) -> None:
+        self.dispatcher.close()
         self.registry.metadata.close()
         self.engine.dispose()
 
@@ -281,6 +278,11 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
         # read afresh at each run, as `shipyard keys rotate` may have changed them meanwhile
         handlers.add("retire-signing-keys", lambda payload: _signing_keys(settings).retire_expired())
         schedules.append(Schedule("retire-signing-keys", 3600, "retire-signing-keys"))
+    dispatcher = make_dispatcher(settings, engine)
+    # the job returns at once: sends go on in the dispatcher's threads, each taking the next due
+    # delivery when done, so a slow receiver holds no job and deliveries keep up with pushes
+    handlers.add("webhooks", lambda payload: dispatcher.run_once(wait_for_sends=False))
+    schedules.append(Schedule("webhooks", settings.webhook_dispatch_interval_seconds, "webhooks"))
     for kind, handler in (extra_handlers or {}).items():
         handlers.add(kind, handler)
     worker = Worker(
@@ -290,7 +292,7 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
         lease_seconds=settings.job_lease_seconds,
         poll_seconds=settings.job_poll_seconds,
     )
-    return WorkerApp(worker, engine, registry)
+    return WorkerApp(worker, engine, registry, dispatcher)
 
 
 def make_readiness(engine: Engine, blobs: BlobStore) -> ReadinessService:

@@ -180,6 +180,12 @@ class Settings(BaseSettings):
     webhook_retry_window_seconds: float = Field(
         86400.0, gt=0, description="a webhook delivery is retried for this long after its first attempt"
     )
+    webhook_dispatch_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="how often a job worker looks for new events and due webhook deliveries (cluster-wide)",
+    )
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="a webhook receiver must answer within this (connecting: 5 s at most)"
     )

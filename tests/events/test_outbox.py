@@ -27,8 +27,8 @@ from tests.conftest import Registry
 
 
 def store_of(registry: Registry) -> EventStore:
-    assert registry.app is not None and registry.app.dispatcher is not None
-    return registry.app.dispatcher.store
+    assert registry.app is not None
+    return EventStore(registry.app.engine)
 
 
 def make_account(registry: Registry, name: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shipyard.app import make_dispatcher
 from shipyard.auth.certs import issue_server_certificate
 from shipyard.domain.events import FAILED, PENDING, SUCCEEDED, AttemptRecord
 from shipyard.events.dispatcher import DispatchPolicy
@@ -85,8 +86,11 @@ def test_a_name_that_resolves_into_a_private_network_is_refused_at_delivery(regi
     assert r.status_code == 201, r.text
     webhook = r.json()["id"]
     assert registry.app.registry.metadata.create_repository("alpha/ssrf")
-    assert registry.app.dispatcher is not None
-    assert registry.app.dispatcher.run_once() == 1
+    dispatcher = make_dispatcher(registry.app.settings, registry.app.engine)
+    try:
+        assert dispatcher.run_once() == 1
+    finally:
+        dispatcher.close()
     found = registry.client.get(f"/api/v1/accounts/alpha/webhooks/{webhook}/deliveries", auth=ROOT).json()
     (delivery,) = found["deliveries"]
     (attempt,) = delivery["log"]
