@@ -155,7 +155,10 @@ class Supervisor:
         try:
             due = [w.restart_at for w in self.workers if w.restart_at is not None]
             timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in due)])
-            readable, _, _ = select.select([wake_read, *waiting, *self.access], [], [], timeout)
+            # the banner is the first line: requests served before every worker is up (a readiness
+            # probe) wait in their pipes, which hold far more than a start-up's worth of lines
+            access = list(self.access) if self.announced else []
+            readable, _, _ = select.select([wake_read, *waiting, *access], [], [], timeout)
         except InterruptedError:
             readable = []
         for fd in readable:
