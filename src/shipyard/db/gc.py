@@ -54,6 +54,7 @@ from sqlalchemy import Engine
 from shipyard.db import sql
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.sql import Sql
+from shipyard.domain.records import Usage
 
 
 def _now() -> datetime:
@@ -196,6 +197,21 @@ def note_repository_deleted(conn: Any, repository_id: int, repository: str) -> N
         cursor.execute(statement.text(postgres), values)
 
 
+def queue_untagged_manifests(conn: Any, repository: str) -> None:
+    """When a repository starts collecting untagged manifests: the ones untagged now, from now."""
+    postgres = _postgres(conn)
+    _cursor(conn).execute(
+        Sql(
+            "INSERT INTO gc_manifest_reviews (manifest_id, repository_id, queued_at) "
+            "SELECT m.id, m.repository_id, :now FROM manifests m "
+            "JOIN repositories r ON r.id = m.repository_id "
+            "WHERE r.name = :name AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) "
+            "ON CONFLICT DO NOTHING"
+        ).text(postgres),
+        {"name": repository, "now": _time(_now(), postgres)},
+    )
+
+
 # -- the collector's queries -------------------------------------------------------------------------
 
 
@@ -219,17 +235,6 @@ class Sweep:
         entry = self.freed.setdefault(namespace or "", Freed())
         entry.blobs += 1
         entry.bytes += size
-
-
-@dataclass(frozen=True)
-class Usage:
-    stored_bytes: int
-    unique_bytes: int
-    blobs: int
-
-    @property
-    def shared_bytes(self) -> int:
-        return self.stored_bytes - self.unique_bytes
 
 
 class GcStore:

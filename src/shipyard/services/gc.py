@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shipyard.db.gc import Freed, GcStore, Usage
+from shipyard.db.gc import Freed, GcStore
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.digest import Digest
+from shipyard.domain.records import Usage
 from shipyard.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
