@@ -324,15 +324,18 @@ class GcStore:
 
     # -- links
 
-    def due_links(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+    def due_links(self, now: datetime, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
+        """Due link reviews in key order from `after`: a batch is mostly one repository's (one lock)."""
         with read_transaction(self.engine) as conn:
             cursor = _cursor(conn)
             cursor.execute(
                 self._sql(
                     "SELECT repository_id, digest FROM gc_link_reviews WHERE review_after <= :now "
-                    "ORDER BY review_after, repository_id, digest LIMIT :limit"
+                    "AND (repository_id > :repository_id "
+                    "OR (repository_id = :repository_id AND digest > :digest)) "
+                    "ORDER BY repository_id, digest LIMIT :limit"
                 ),
-                {"now": self._t(now), "limit": limit},
+                {"now": self._t(now), "repository_id": after[0], "digest": after[1], "limit": limit},
             )
             return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
 
@@ -432,15 +435,15 @@ class GcStore:
 
     # -- blobs
 
-    def due_blobs(self, now: datetime, limit: int) -> list[str]:
+    def due_blobs(self, now: datetime, after: str, limit: int) -> list[str]:
         with read_transaction(self.engine) as conn:
             cursor = _cursor(conn)
             cursor.execute(
                 self._sql(
-                    "SELECT digest FROM gc_blob_reviews WHERE review_after <= :now "
-                    "ORDER BY review_after, digest LIMIT :limit"
+                    "SELECT digest FROM gc_blob_reviews WHERE review_after <= :now AND digest > :after "
+                    "ORDER BY digest LIMIT :limit"
                 ),
-                {"now": self._t(now), "limit": limit},
+                {"now": self._t(now), "after": after, "limit": limit},
             )
             return [str(row[0]) for row in cursor.fetchall()]
 

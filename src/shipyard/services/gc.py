@@ -122,45 +122,40 @@ class GarbageCollector:
         self, now: datetime, cutoff: datetime, report: GcReport, total: int, progress: Progress | None
     ) -> None:
         done = 0
-        busy: set[int] = set()
+        after: tuple[int, str] = (0, "")
         while True:
-            batch = [
-                (r, d) for r, d in self.store.due_links(now, self.batch_size + len(busy)) if r not in busy
-            ]
+            batch = self.store.due_links(now, after, self.batch_size)
             if not batch:
                 return
+            after = batch[-1]
             by_repository: dict[int, list[str]] = {}
-            for repository_id, digest in batch[: self.batch_size]:
+            for repository_id, digest in batch:
                 by_repository.setdefault(repository_id, []).append(digest)
-            progressed = False
             for repository_id, digests in by_repository.items():
+                # None: a request holds the repository; its reviews stay for the next run
                 sweep = self.store.sweep_links(repository_id, digests, cutoff, self.grace, dry_run=False)
-                if sweep is None:
-                    busy.add(repository_id)
-                    continue
-                progressed = True
-                report.links += sweep.links
-                done += len(digests)
+                if sweep is not None:
+                    report.links += sweep.links
+            done += len(batch)
             if progress is not None:
                 progress("links", done, total)
-            if not progressed:
-                return
 
     def _blobs(
         self, now: datetime, cutoff: datetime, report: GcReport, total: int, progress: Progress | None
     ) -> None:
         done = 0
+        after = ""
         while True:
-            batch = self.store.due_blobs(now, self.batch_size)
+            batch = self.store.due_blobs(now, after, self.batch_size)
             if not batch:
                 return
+            after = batch[-1]
+            # rows a request holds stay in review for the next run
             sweep = self.store.sweep_blobs(batch, cutoff, self.grace, self._delete_object, dry_run=False)
             report.add(sweep.freed)
             done += len(batch)
             if progress is not None:
                 progress("blobs", done, total)
-            if sweep.reviewed == 0 and sweep.postponed == 0:
-                return  # only rows someone holds are left: the next run takes them
 
     def _delete_object(self, digest: str) -> None:
         self.blobs.delete(Digest.parse(digest))
