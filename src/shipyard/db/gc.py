@@ -340,86 +340,104 @@ class GcStore:
             return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
 
     def sweep_links(
-        self, repository_id: int, digests: Sequence[str], cutoff: datetime, grace: timedelta, dry_run: bool
+        self, groups: dict[int, list[str]], cutoff: datetime, grace: timedelta, dry_run: bool
+    ) -> Sweep:
+        """Delete the links among each repository's `digests` that no manifest of it uses and that are
+        older than `cutoff`; their blobs go to review. One transaction for the batch (a commit costs
+        more than the statements); a repository a request holds (PostgreSQL) keeps its reviews for the
+        next run."""
+        total = Sweep()
+        with self._write() as cursor:
+            for repository_id, digests in groups.items():
+                sweep = self._sweep_repository_links(cursor, repository_id, digests, cutoff, grace, dry_run)
+                if sweep is not None:
+                    total.links += sweep.links
+                    total.reviewed += sweep.reviewed
+        return total
+
+    def _sweep_repository_links(
+        self,
+        cursor: Any,
+        repository_id: int,
+        digests: Sequence[str],
+        cutoff: datetime,
+        grace: timedelta,
+        dry_run: bool,
     ) -> Sweep | None:
-        """Delete the repository's links among `digests` that no manifest of it uses and that are older
-        than `cutoff`; their blobs go to review. None when the repository is busy (PostgreSQL): the
-        reviews stay for the next run."""
         sweep = Sweep()
         now = _now()
-        with self._write() as cursor:
+        if self.postgres:
+            cursor.execute(
+                "SELECT name FROM repositories WHERE id = %(id)s FOR UPDATE SKIP LOCKED",
+                {"id": repository_id},
+            )
+        else:
+            cursor.execute("SELECT name FROM repositories WHERE id = :id", {"id": repository_id})
+        row = cursor.fetchone()
+        if row is None:
             if self.postgres:
-                cursor.execute(
-                    "SELECT name FROM repositories WHERE id = %(id)s FOR UPDATE SKIP LOCKED",
-                    {"id": repository_id},
-                )
+                cursor.execute("SELECT 1 FROM repositories WHERE id = %(id)s", {"id": repository_id})
+                if cursor.fetchone() is not None:
+                    return None  # locked by a request: next run
+            self._forget_link_reviews(cursor, repository_id, digests)
+            sweep.reviewed = len(digests)
+            return sweep
+        namespace = namespace_of(str(row[0]))
+        cursor.execute(
+            self._sql(
+                "SELECT rb.digest, rb.created_at, b.size, "
+                "EXISTS (SELECT 1 FROM manifest_layers ml JOIN manifests m ON m.id = ml.manifest_id "
+                "        WHERE m.repository_id = rb.repository_id AND ml.digest = rb.digest) "
+                "OR EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = rb.repository_id "
+                "        AND m.config_digest = rb.digest) "
+                "FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+                f"WHERE rb.repository_id = :id AND {_in_list('rb.digest', self.postgres, 'digests')}"
+            ),
+            {"id": repository_id, "digests": _list(digests, self.postgres)},
+        )
+        doomed: list[str] = []
+        later: list[tuple[str, datetime]] = []
+        for digest, created, _size, used in cursor.fetchall():
+            if used:
+                continue
+            created = _aware(created)
+            if created > cutoff:
+                later.append((digest, created + grace))
             else:
-                cursor.execute("SELECT name FROM repositories WHERE id = :id", {"id": repository_id})
-            row = cursor.fetchone()
-            if row is None:
-                if self.postgres:
-                    cursor.execute("SELECT 1 FROM repositories WHERE id = %(id)s", {"id": repository_id})
-                    if cursor.fetchone() is not None:
-                        return None  # locked by a request: next run
-                self._forget_link_reviews(cursor, repository_id, digests)
-                sweep.reviewed = len(digests)
-                return sweep
-            namespace = namespace_of(str(row[0]))
+                doomed.append(digest)
+        sweep.links = len(doomed)
+        sweep.reviewed = len(digests) - len(later)
+        if dry_run:
+            return sweep
+        if doomed:
+            values = {"id": repository_id, "digests": _list(doomed, self.postgres)}
+            cursor.execute(
+                "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
+                "SELECT unnest(%(digests)s::text[]), %(now)s, %(namespace)s "
+                "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace"
+                if self.postgres
+                else "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
+                "SELECT value, :now, :namespace FROM json_each(:digests) WHERE true "
+                "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace",
+                {**values, "now": self._t(now), "namespace": namespace},
+            )
+            cursor.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = %(id)s AND digest = ANY(%(digests)s)"
+                if self.postgres
+                else "DELETE FROM repository_blobs WHERE repository_id = :id "
+                "AND digest IN (SELECT value FROM json_each(:digests))",
+                values,
+            )
+        later_digests = {digest for digest, _ in later}
+        self._forget_link_reviews(cursor, repository_id, [d for d in digests if d not in later_digests])
+        for digest, when in later:
             cursor.execute(
                 self._sql(
-                    "SELECT rb.digest, rb.created_at, b.size, "
-                    "EXISTS (SELECT 1 FROM manifest_layers ml JOIN manifests m ON m.id = ml.manifest_id "
-                    "        WHERE m.repository_id = rb.repository_id AND ml.digest = rb.digest) "
-                    "OR EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = rb.repository_id "
-                    "        AND m.config_digest = rb.digest) "
-                    "FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
-                    f"WHERE rb.repository_id = :id AND {_in_list('rb.digest', self.postgres, 'digests')}"
+                    "UPDATE gc_link_reviews SET review_after = :when "
+                    "WHERE repository_id = :id AND digest = :digest"
                 ),
-                {"id": repository_id, "digests": _list(digests, self.postgres)},
+                {"id": repository_id, "digest": digest, "when": self._t(when)},
             )
-            doomed: list[str] = []
-            later: list[tuple[str, datetime]] = []
-            for digest, created, _size, used in cursor.fetchall():
-                if used:
-                    continue
-                created = _aware(created)
-                if created > cutoff:
-                    later.append((digest, created + grace))
-                else:
-                    doomed.append(digest)
-            sweep.links = len(doomed)
-            sweep.reviewed = len(digests) - len(later)
-            if dry_run:
-                return sweep
-            if doomed:
-                values = {"id": repository_id, "digests": _list(doomed, self.postgres)}
-                cursor.execute(
-                    "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
-                    "SELECT unnest(%(digests)s::text[]), %(now)s, %(namespace)s "
-                    "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace"
-                    if self.postgres
-                    else "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
-                    "SELECT value, :now, :namespace FROM json_each(:digests) WHERE true "
-                    "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace",
-                    {**values, "now": self._t(now), "namespace": namespace},
-                )
-                cursor.execute(
-                    "DELETE FROM repository_blobs WHERE repository_id = %(id)s AND digest = ANY(%(digests)s)"
-                    if self.postgres
-                    else "DELETE FROM repository_blobs WHERE repository_id = :id "
-                    "AND digest IN (SELECT value FROM json_each(:digests))",
-                    values,
-                )
-            later_digests = {digest for digest, _ in later}
-            self._forget_link_reviews(cursor, repository_id, [d for d in digests if d not in later_digests])
-            for digest, when in later:
-                cursor.execute(
-                    self._sql(
-                        "UPDATE gc_link_reviews SET review_after = :when "
-                        "WHERE repository_id = :id AND digest = :digest"
-                    ),
-                    {"id": repository_id, "digest": digest, "when": self._t(when)},
-                )
         return sweep
 
     def _forget_link_reviews(self, cursor: Any, repository_id: int, digests: Sequence[str]) -> None:

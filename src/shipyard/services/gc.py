@@ -131,11 +131,7 @@ class GarbageCollector:
             by_repository: dict[int, list[str]] = {}
             for repository_id, digest in batch:
                 by_repository.setdefault(repository_id, []).append(digest)
-            for repository_id, digests in by_repository.items():
-                # None: a request holds the repository; its reviews stay for the next run
-                sweep = self.store.sweep_links(repository_id, digests, cutoff, self.grace, dry_run=False)
-                if sweep is not None:
-                    report.links += sweep.links
+            report.links += self.store.sweep_links(by_repository, cutoff, self.grace, dry_run=False).links
             done += len(batch)
             if progress is not None:
                 progress("links", done, total)
