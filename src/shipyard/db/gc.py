@@ -25,9 +25,10 @@ link) and the next run deletes again: nothing done twice is harmful.
   FOR SHARE on the blob row: if GC holds the row, the pin waits until GC has deleted object and row and
   committed, and only then does the uploader write the object (and insert a fresh row with its link).
   If the pin committed first, GC's next statement sees it and keeps the blob.
-- Mount. The mount locks the repository (KEY SHARE) and then the blob row (NO KEY UPDATE) and links
-  only if the row is still there; GC either waits for the link and then sees it, or has deleted the
-  row and the mount falls back to an upload. Locks are always taken repository first, then blob.
+- Mount. The mount locks the repository and then the blob row (both KEY SHARE, which GC's FOR UPDATE
+  conflicts with and a concurrent upload's link of the same blob does not) and links only if the row
+  is still there; GC either skips the held row or has deleted it, and then the mount falls back to an
+  upload. Locks are always taken repository first, then blob.
 - Manifest PUT referencing a layer linked long ago. The PUT checks the links under the repository's
   row lock; GC deletes links of a repository only under the same lock (SQLite: the write lock), and
   only links that no manifest of the repository uses and that are older than the grace period. A link
@@ -92,9 +93,7 @@ def _time(value: datetime, postgres: bool) -> object:
 # -- what the write paths call, inside their transactions -------------------------------------------
 
 QUEUE_LINK_REVIEW = Sql(
-    "INSERT INTO gc_link_reviews (repository_id, digest, review_after) "
-    "VALUES (:repository_id, :digest, :now) "
-    "ON CONFLICT DO NOTHING"
+    "INSERT INTO gc_link_reviews (repository_id, digest, review_after) VALUES (:repository_id, :digest, :now)"
 )
 _MANIFEST_LINKS = Sql(
     "INSERT INTO gc_link_reviews (repository_id, digest, review_after) "
@@ -102,8 +101,7 @@ _MANIFEST_LINKS = Sql(
     "JOIN manifests m ON m.id = ml.manifest_id "
     "WHERE m.id = :id "
     "UNION SELECT repository_id, config_digest, :now FROM manifests "
-    "WHERE id = :id AND config_digest IS NOT NULL "
-    "ON CONFLICT DO NOTHING"
+    "WHERE id = :id AND config_digest IS NOT NULL"
 )
 _FORGET_MANIFEST = Sql("DELETE FROM gc_manifest_reviews WHERE manifest_id = :id")
 _UNTAGGED_PUT = Sql(
@@ -112,13 +110,11 @@ _UNTAGGED_PUT = Sql(
     "ON CONFLICT DO NOTHING"
 )
 _BLOB_REVIEW = Sql(
-    "INSERT INTO gc_blob_reviews (digest, review_after, namespace) VALUES (:digest, :now, :namespace) "
-    "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace"
+    "INSERT INTO gc_blob_reviews (digest, review_after, namespace) VALUES (:digest, :now, :namespace)"
 )
 _REPOSITORY_BLOB_REVIEWS = Sql(
     "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
-    "SELECT digest, :now, :namespace FROM repository_blobs WHERE repository_id = :repository_id "
-    "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace"
+    "SELECT digest, :now, :namespace FROM repository_blobs WHERE repository_id = :repository_id"
 )
 _FORGET_REPOSITORY = (
     Sql("DELETE FROM gc_link_reviews WHERE repository_id = :repository_id"),
@@ -330,7 +326,7 @@ class GcStore:
             cursor = _cursor(conn)
             cursor.execute(
                 self._sql(
-                    "SELECT repository_id, digest FROM gc_link_reviews WHERE review_after <= :now "
+                    "SELECT DISTINCT repository_id, digest FROM gc_link_reviews WHERE review_after <= :now "
                     "AND (repository_id > :repository_id "
                     "OR (repository_id = :repository_id AND digest > :digest)) "
                     "ORDER BY repository_id, digest LIMIT :limit"
@@ -343,10 +339,22 @@ class GcStore:
         self, groups: dict[int, list[str]], cutoff: datetime, grace: timedelta, dry_run: bool
     ) -> Sweep:
         """Delete the links among each repository's `digests` that no manifest of it uses and that are
-        older than `cutoff`; their blobs go to review. One transaction for the batch (a commit costs
-        more than the statements); a repository a request holds (PostgreSQL) keeps its reviews for the
-        next run."""
+        older than `cutoff`; their blobs go to review. On SQLite one transaction for the batch (a
+        commit costs more than the statements); a repository a request holds (PostgreSQL) keeps its
+        reviews for the next run."""
         total = Sweep()
+        if self.postgres:
+            # a transaction per repository: one holding the links (and so the blob rows) of several
+            # repositories takes blob rows out of digest order, and deadlocked with repository deletes
+            for repository_id, digests in groups.items():
+                with self._write() as cursor:
+                    sweep = self._sweep_repository_links(
+                        cursor, repository_id, digests, cutoff, grace, dry_run
+                    )
+                if sweep is not None:
+                    total.links += sweep.links
+                    total.reviewed += sweep.reviewed
+            return total
         with self._write() as cursor:
             for repository_id, digests in groups.items():
                 sweep = self._sweep_repository_links(cursor, repository_id, digests, cutoff, grace, dry_run)
@@ -410,15 +418,14 @@ class GcStore:
         if dry_run:
             return sweep
         if doomed:
+            doomed.sort()  # blob rows in digest order, as a repository delete takes them
             values = {"id": repository_id, "digests": _list(doomed, self.postgres)}
             cursor.execute(
                 "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
-                "SELECT unnest(%(digests)s::text[]), %(now)s, %(namespace)s "
-                "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace"
+                "SELECT unnest(%(digests)s::text[]), %(now)s, %(namespace)s"
                 if self.postgres
                 else "INSERT INTO gc_blob_reviews (digest, review_after, namespace) "
-                "SELECT value, :now, :namespace FROM json_each(:digests) WHERE true "
-                "ON CONFLICT (digest) DO UPDATE SET namespace = excluded.namespace",
+                "SELECT value, :now, :namespace FROM json_each(:digests)",
                 {**values, "now": self._t(now), "namespace": namespace},
             )
             cursor.execute(
@@ -458,7 +465,8 @@ class GcStore:
             cursor = _cursor(conn)
             cursor.execute(
                 self._sql(
-                    "SELECT digest FROM gc_blob_reviews WHERE review_after <= :now AND digest > :after "
+                    "SELECT DISTINCT digest FROM gc_blob_reviews "
+                    "WHERE review_after <= :now AND digest > :after "
                     "ORDER BY digest LIMIT :limit"
                 ),
                 {"now": self._t(now), "after": after, "limit": limit},
@@ -483,8 +491,8 @@ class GcStore:
                 # every path takes a review row before the blob row; a row someone holds (a link, an
                 # unlink or a pin in flight) is left for the next run
                 cursor.execute(
-                    "SELECT digest FROM gc_blob_reviews WHERE digest = ANY(%(digests)s) ORDER BY digest "
-                    "FOR UPDATE SKIP LOCKED",
+                    "SELECT DISTINCT digest FROM (SELECT digest FROM gc_blob_reviews "
+                    "WHERE digest = ANY(%(digests)s) ORDER BY digest FOR UPDATE SKIP LOCKED) AS held",
                     values,
                 )
                 reviews = sorted(row[0] for row in cursor.fetchall())
@@ -501,8 +509,9 @@ class GcStore:
                 locked |= set(reviews) - existing
                 cursor.execute(
                     "SELECT b.digest, b.size, b.created_at, b.links, "
-                    "EXISTS (SELECT 1 FROM upload_sessions u WHERE u.digest = b.digest), r.namespace "
-                    "FROM blobs b LEFT JOIN gc_blob_reviews r ON r.digest = b.digest "
+                    "EXISTS (SELECT 1 FROM upload_sessions u WHERE u.digest = b.digest), "
+                    "(SELECT max(r.namespace) FROM gc_blob_reviews r WHERE r.digest = b.digest) "
+                    "FROM blobs b "
                     "WHERE b.digest = ANY(%(digests)s)",
                     {"digests": sorted(locked)},
                 )
@@ -510,8 +519,9 @@ class GcStore:
                 locked = set(ordered)
                 cursor.execute(
                     "SELECT b.digest, b.size, b.created_at, b.links, "
-                    "EXISTS (SELECT 1 FROM upload_sessions u WHERE u.digest = b.digest), r.namespace "
-                    "FROM blobs b LEFT JOIN gc_blob_reviews r ON r.digest = b.digest "
+                    "EXISTS (SELECT 1 FROM upload_sessions u WHERE u.digest = b.digest), "
+                    "(SELECT max(r.namespace) FROM gc_blob_reviews r WHERE r.digest = b.digest) "
+                    "FROM blobs b "
                     "WHERE b.digest IN (SELECT value FROM json_each(:digests))",
                     values,
                 )
@@ -586,9 +596,11 @@ class GcStore:
             candidates_manifests = int(cursor.fetchone()[0])
             # links that a run would delete now
             collectable_links = (
-                "SELECT lr.repository_id, lr.digest FROM gc_link_reviews lr "
+                "SELECT lr.repository_id, lr.digest FROM (SELECT DISTINCT repository_id, digest "
+                "FROM gc_link_reviews "
+                "WHERE review_after <= :now) AS lr "
                 "JOIN repository_blobs rb ON rb.repository_id = lr.repository_id AND rb.digest = lr.digest "
-                "WHERE lr.review_after <= :now AND rb.created_at <= :cutoff "
+                "WHERE rb.created_at <= :cutoff "
                 "AND NOT EXISTS (SELECT 1 FROM manifest_layers ml JOIN manifests m ON m.id = ml.manifest_id "
                 "WHERE m.repository_id = rb.repository_id AND ml.digest = rb.digest) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = rb.repository_id "
@@ -605,7 +617,8 @@ class GcStore:
             cursor.execute(
                 self._sql(
                     "SELECT coalesce(br.namespace, ''), count(*), coalesce(sum(b.size), 0) "
-                    "FROM gc_blob_reviews br "
+                    "FROM (SELECT digest, max(namespace) AS namespace, min(review_after) AS review_after "
+                    "FROM gc_blob_reviews GROUP BY digest) AS br "
                     "JOIN blobs b ON b.digest = br.digest WHERE br.review_after <= :now AND b.links = 0 "
                     "AND b.created_at <= :cutoff "
                     "AND NOT EXISTS (SELECT 1 FROM upload_sessions u WHERE u.digest = b.digest) "

@@ -289,7 +289,7 @@ class MetadataStore:
             if postgres:
                 repository_id = self._locked_repository(conn, repository)
                 cursor.execute(
-                    "SELECT size FROM blobs WHERE digest = %(digest)s FOR NO KEY UPDATE", {"digest": digest}
+                    "SELECT size FROM blobs WHERE digest = %(digest)s FOR KEY SHARE", {"digest": digest}
                 )
             else:
                 found = self._sqlite_repository_id(cursor, repository, True, utcnow())

@@ -255,23 +255,29 @@ class NamespaceBlob(Base):
 
 
 class GcBlobReview(Base):
-    """A blob that lost a link: GC looks at it once `review_after` has passed."""
+    """A blob that lost a link: GC looks at it once `review_after` has passed. A digest may be queued
+    more than once: with no unique key, writers queueing the same digest never wait for each other
+    (waits that, with their other locks, could close a cycle); GC handles all copies at once."""
 
     __tablename__ = "gc_blob_reviews"
 
-    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, index=True)
     review_after: Mapped[datetime] = mapped_column(TZ, index=True)
     # the namespace that last held it, for the report of what was freed by account
     namespace: Mapped[str | None] = mapped_column(String(255))
 
 
 class GcLinkReview(Base):
-    """A blob link that may have no manifest using it (new, or its manifest was deleted)."""
+    """A blob link that may have no manifest using it (new, or its manifest was deleted); like blob
+    reviews, with no unique key."""
 
     __tablename__ = "gc_link_reviews"
+    __table_args__ = (Index("ix_gc_link_reviews_link", "repository_id", "digest"),)
 
-    repository_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(DIGEST)
     review_after: Mapped[datetime] = mapped_column(TZ, index=True)
 
 

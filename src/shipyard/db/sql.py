@@ -98,7 +98,6 @@ link AS (
 review AS (
     INSERT INTO gc_link_reviews (repository_id, digest, review_after)
     SELECT id, %(digest)s, %(now)s FROM repository
-    ON CONFLICT DO NOTHING
 ),
 finished AS (DELETE FROM upload_sessions WHERE id = %(upload)s AND EXISTS (SELECT FROM repository))
 SELECT id FROM repository

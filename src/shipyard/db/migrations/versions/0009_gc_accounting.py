@@ -144,21 +144,25 @@ def upgrade() -> None:
     op.create_index(op.f("ix_namespace_blobs_digest"), "namespace_blobs", ["digest"], unique=False)
     op.create_table(
         "gc_blob_reviews",
+        sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("digest", sa.String(length=160), nullable=False),
         sa.Column("review_after", sa.DateTime(timezone=True), nullable=False),
         sa.Column("namespace", sa.String(length=255), nullable=True),
-        sa.PrimaryKeyConstraint("digest", name=op.f("pk_gc_blob_reviews")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_gc_blob_reviews")),
     )
+    op.create_index(op.f("ix_gc_blob_reviews_digest"), "gc_blob_reviews", ["digest"], unique=False)
     op.create_index(
         op.f("ix_gc_blob_reviews_review_after"), "gc_blob_reviews", ["review_after"], unique=False
     )
     op.create_table(
         "gc_link_reviews",
+        sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("repository_id", sa.Integer(), nullable=False),
         sa.Column("digest", sa.String(length=160), nullable=False),
         sa.Column("review_after", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("repository_id", "digest", name=op.f("pk_gc_link_reviews")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_gc_link_reviews")),
     )
+    op.create_index("ix_gc_link_reviews_link", "gc_link_reviews", ["repository_id", "digest"], unique=False)
     op.create_index(
         op.f("ix_gc_link_reviews_review_after"), "gc_link_reviews", ["review_after"], unique=False
     )
@@ -220,8 +224,10 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_gc_manifest_reviews_repository_id"), table_name="gc_manifest_reviews")
     op.drop_table("gc_manifest_reviews")
     op.drop_index(op.f("ix_gc_link_reviews_review_after"), table_name="gc_link_reviews")
+    op.drop_index("ix_gc_link_reviews_link", table_name="gc_link_reviews")
     op.drop_table("gc_link_reviews")
     op.drop_index(op.f("ix_gc_blob_reviews_review_after"), table_name="gc_blob_reviews")
+    op.drop_index(op.f("ix_gc_blob_reviews_digest"), table_name="gc_blob_reviews")
     op.drop_table("gc_blob_reviews")
     op.drop_index(op.f("ix_namespace_blobs_digest"), table_name="namespace_blobs")
     op.drop_table("namespace_blobs")
