@@ -222,7 +222,6 @@ class Sweep:
     """What one batch did: manifests and links deleted, blobs freed by namespace, reviews handled."""
 
     reviewed: int = 0
-    postponed: int = 0
     manifests: int = 0
     links: int = 0
     freed: dict[str, Freed] = field(default_factory=dict)
@@ -542,7 +541,6 @@ class GcStore:
                     doomed.append(digest)
                     sweep.add_blob(namespace, int(size))
             sweep.reviewed = len(done) + len(doomed)
-            sweep.postponed = len(later)
             if dry_run:
                 return sweep
             for digest in doomed:
