@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages bench-ab bench-webhooks
+.PHONY: run test lint typecheck imports unit system-packages clean bench bench-quick bench-packages bench-ab bench-webhooks bench-gc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench-quick: $(VENV)/.bench-installed bench-packages system-packages
 AGAINST ?= 772227a
 bench-ab: $(VENV)/.bench-installed bench-packages
 	$(BIN)/python -m bench.ab --against $(AGAINST)
+
+# GC rate with 100,000 blobs (10% garbage) and GC time at 1% against 10%, on SQLite and PostgreSQL
+bench-gc: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.gc $(BENCH_GC_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -31,6 +31,7 @@ from shipyard.events.sender import SendPolicy
 from shipyard.events.service import EventService
 from shipyard.services.access import SYSTEM, AccessPolicy, AnonymousAccess
 from shipyard.services.accounts import AccountService
+from shipyard.services.gc import GarbageCollector
 from shipyard.services.health import ReadinessService
 from shipyard.services.identity import AuthConfig, IdentityService, TokenAccess
 from shipyard.services.jobs import JobService
@@ -61,6 +62,14 @@ def make_blob_store(settings: Settings) -> BlobStore:
     except KeyError:
         raise ValueError(f"unknown storage_backend: {settings.storage_backend!r}") from None
     return factory(settings)
+
+
+def make_collector(settings: Settings, registry: RegistryService) -> GarbageCollector:
+    """The garbage collector over the registry's database and store: `shipyard gc` runs it, and a
+    scheduler runs its `run` every gc_interval_seconds."""
+    return GarbageCollector(
+        registry.metadata, registry.blobs, grace=timedelta(seconds=settings.gc_grace_seconds)
+    )
 
 
 class Periodic:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         100, ge=1, description="upload sessions one principal may hold open; past it 429 TOOMANYREQUESTS"
     )
     upload_purge_interval_seconds: int = Field(600, ge=1, description="how often to look for them")
+    gc_grace_seconds: float = Field(
+        86400.0, ge=0, description="GC never collects a blob or a blob link younger than this"
+    )
+    gc_interval_seconds: int = Field(3600, ge=1, description="how often the scheduled GC runs")
     pull_flush_interval_seconds: float = Field(10.0, gt=0, description="how often pull times reach SQL")
     embedded_worker: bool = Field(
         True, description="`shipyard serve` runs a job worker beside its server workers (--no-worker: not)"

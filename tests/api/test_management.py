@@ -173,6 +173,11 @@ def test_the_whole_flow(api: httpx.Client, server: ServerProcess) -> None:
         "visibility": "private",
         "policies": {},
         "actions": ["delete", "pull", "push"],
+        "stored_bytes": 0,
+        "unique_bytes": 0,
+        "shared_bytes": 0,
+        "blobs": 0,
+        "untagged_retention_days": None,
     }
     assert error_code(api.post("/api/v1/accounts/acme/repositories", auth=boss, json={"name": "empty"})) == (
         "CONFLICT"
@@ -229,6 +234,8 @@ _REPOSITORY = "/api/v1/repositories/{name}"
 # every endpoint of /api/v1, as clients (the CLI among them) call them
 ENDPOINTS = {
     ("GET", "/api/v1/whoami"),
+    ("GET", "/api/v1/accounts/{account}/usage"),
+    ("PUT", "/api/v1/repositories/{name}/untagged-retention"),
     ("POST", "/api/v1/auth/login-password"),
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/accounts"),

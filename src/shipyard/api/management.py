@@ -76,6 +76,7 @@ from shipyard.api.types import Message, Receive, Scope, Send
 from shipyard.domain.accounts import AccountRecord, PrincipalKind, PrincipalRecord, is_superuser
 from shipyard.domain.errors import Unauthorized
 from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord
+from shipyard.domain.records import Usage as StoredUsage
 from shipyard.events.service import EventService
 from shipyard.services.accounts import AccountService, RepositoryInfo, robot_login
 from shipyard.services.identity import IdentityService
@@ -236,7 +237,20 @@ def repository_document(info: RepositoryInfo) -> Repository:
         visibility=info.visibility,
         policies={account: sorted(actions) for account, actions in sorted(info.policies.items())},
         actions=sorted(info.actions),
+        **usage_fields(info.usage),
+        untagged_retention_days=info.untagged_retention_days,
     )
+
+
+def usage_fields(usage: StoredUsage | None) -> dict[str, int]:
+    if usage is None:
+        return {"stored_bytes": 0, "unique_bytes": 0, "shared_bytes": 0, "blobs": 0}
+    return {
+        "stored_bytes": usage.stored_bytes,
+        "unique_bytes": usage.unique_bytes,
+        "shared_bytes": usage.shared_bytes,
+        "blobs": usage.blobs,
+    }
 
 
 def audit_document(event: AuditRecord) -> AuditEvent:
@@ -263,10 +277,10 @@ _POLICIES = "/repositories/{name:path}/policies"
 
 class _RepositoryConvertor(Convertor[str]):
     """A repository name spans slashes, so `/repositories/a/policies` could name the repository
-    `a/policies` or the policies of `a`: paths shaped as a policies endpoint belong to it alone (and a
-    method it lacks is a 405 there, not an operation on another repository)."""
+    `a/policies` or the policies of `a`: paths shaped as a policies (or untagged-retention) endpoint
+    belong to it alone (and a method it lacks is a 405 there, not an operation on another repository)."""
 
-    regex = r"(?!.*/policies(?:/[^/]*)?$).*"
+    regex = r"(?!.*/policies(?:/[^/]*)?$)(?!.*/untagged-retention$).*"
 
     def convert(self, value: str) -> str:
         return value
@@ -629,6 +643,7 @@ def build_app(
 ) -> FastAPI:
     # here, not at the top: the jobs and webhooks modules build their routes on this module's dependencies
     from shipyard.api.management_jobs import router as jobs_router
+    from shipyard.api.management_storage import router as storage_router
     from shipyard.api.webhooks import router as webhooks_router
 
     app = _ManagementApp(
@@ -652,11 +667,13 @@ def build_app(
     app.include_router(jobs_router)
     app.state.events = events
     app.include_router(webhooks_router)
+    app.include_router(storage_router)
     app.get(DOCS_PATH, include_in_schema=False)(_docs_page)
     # Swagger UI's script and style from a package, so that the page works with no internet access
     assets = files("fastapi_offline").joinpath("static")
     app.mount(_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
-    routes = [*router.routes, *jobs_router.routes, *webhooks_router.routes, *app.router.routes]
+    included = (router, jobs_router, webhooks_router, storage_router)
+    routes = [route for r in included for route in r.routes] + list(app.router.routes)
     install_error_handlers(app, routes, lambda: identity.config.service)
     return app
 

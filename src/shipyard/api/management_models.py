@@ -7,7 +7,7 @@ there; the schema still documents that grammar, taken from the same domain patte
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,6 +100,12 @@ class RepositoryPatch(_Body):
     visibility: Visibility | None = None
 
 
+class UntaggedRetention(_Body):
+    untagged_retention_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(
+        description="delete manifests untagged for this many days; null keeps them"
+    )
+
+
 class PolicyPut(_Body):
     actions: list[Literal["pull", "push"]] = Field(
         min_length=1, description="what the account's members may do"
@@ -142,6 +148,21 @@ class Repository(_Document):
     visibility: Visibility
     policies: dict[str, list[str]] = Field(description="account -> actions its policy grants")
     actions: list[str] = Field(description="what the caller may do")
+    stored_bytes: int = Field(0, description="bytes of the blobs linked to the repository")
+    unique_bytes: int = Field(0, description="of those, the bytes of blobs no other repository links")
+    shared_bytes: int = Field(0, description="the bytes of blobs other repositories link too")
+    blobs: int = Field(0, description="how many blobs the repository links")
+    untagged_retention_days: int | None = Field(
+        None, description="GC deletes manifests untagged for this many days; null keeps them"
+    )
+
+
+class Usage(_Document):
+    account: str
+    stored_bytes: int = Field(description="bytes of the blobs the account's repositories link, each once")
+    unique_bytes: int = Field(description="of those, the bytes of blobs no other account links")
+    shared_bytes: int = Field(description="the bytes of blobs other accounts link too")
+    blobs: int
 
 
 class Policy(_Document):

@@ -1,4 +1,4 @@
-"""The `shipyard` command: serve, migrate, config check, purge-uploads, and the management commands."""
+"""The `shipyard` command: serve, migrate, config check, purge-uploads, gc, and the management commands."""
 
 from __future__ import annotations
 
@@ -489,6 +489,19 @@ def cmd_purge_uploads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from shipyard.app import build, make_collector
+    from shipyard.cli.gc import run_gc
+
+    settings = _settings(args)
+    _configure_logging(settings)
+    app = build(settings, run_migrations=True)
+    try:
+        return run_gc(make_collector(settings, app.registry), dry_run=args.dry_run)
+    finally:
+        app.close()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="shipyard", description="Shipyard container registry")
     top.add_argument("--version", action="version", version=f"shipyard {__version__}")
@@ -549,6 +562,13 @@ def parser() -> argparse.ArgumentParser:
     common(purge)
     purge.add_argument("--older-than", type=int, help="seconds (default: upload_max_age_seconds)")
     purge.set_defaults(func=cmd_purge_uploads)
+
+    gc = sub.add_parser(
+        "gc", help="collect garbage now: unused blobs and links, and untagged manifests where asked"
+    )
+    common(gc)
+    gc.add_argument("--dry-run", action="store_true", help="print what would be freed, by account")
+    gc.set_defaults(func=cmd_gc)
 
     admin = sub.add_parser("admin", help="offline administration, on the database")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)

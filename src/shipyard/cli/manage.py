@@ -234,6 +234,7 @@ COMMANDS: dict[str, dict[str, Command]] = {
         "create": lambda c, a: c.call("POST", "/api/v1/accounts", {"name": a.name}),
         "delete": lambda c, a: c.call("DELETE", f"/api/v1/accounts/{_q(a.name)}"),
         "disable": lambda c, a: c.call("PATCH", f"/api/v1/accounts/{_q(a.name)}", {"disabled": not a.enable}),
+        "usage": lambda c, a: c.call("GET", f"/api/v1/accounts/{_q(a.name)}/usage"),
     },
     "users": _principals("users"),
     "robots": _principals("robots"),
@@ -273,6 +274,11 @@ COMMANDS: dict[str, dict[str, Command]] = {
         "policies": lambda c, a: c.listing(
             f"/api/v1/repositories/{_repo_path(a.name)}/policies", "policies", a.limit
         ),
+        "untagged-retention": lambda c, a: c.call(
+            "PUT",
+            f"/api/v1/repositories/{_repo_path(a.name)}/untagged-retention",
+            {"untagged_retention_days": None if a.days == "never" else _days(a.days)},
+        ),
     },
     "audit": {
         "list": lambda c, a: c.listing(
@@ -288,13 +294,27 @@ OUTPUT: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "users": ("users", PRINCIPAL_COLUMNS),
     "robots": ("robots", PRINCIPAL_COLUMNS),
     "access-keys": ("access_keys", PRINCIPAL_COLUMNS),
-    "repos": ("repositories", ("name", "visibility", "policies", "actions")),
+    "repos": (
+        "repositories",
+        ("name", "visibility", "policies", "actions", "stored_bytes", "unique_bytes", "shared_bytes"),
+    ),
     "audit": ("events", ("at", "principal", "source", "action", "account", "target", "outcome", "reason")),
 }
 # listings whose items are not those of their group's other commands
 LIST_OUTPUT: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("repos", "policies"): ("policies", ("account", "actions")),
 }
+# single answers shown with other columns than their group's
+SHOW_OUTPUT: dict[tuple[str, str], tuple[str, ...]] = {
+    ("accounts", "usage"): ("account", "stored_bytes", "unique_bytes", "shared_bytes", "blobs"),
+}
+
+
+def _days(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(0, f"invalid number of days {value!r}: a whole number, or never") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,6 +333,9 @@ def run(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
         return 1
+    if (args.command, action) in SHOW_OUTPUT:
+        _show(args, document, None, SHOW_OUTPUT[args.command, action])
+        return 0
     if (args.command, action) in LIST_OUTPUT:
         key, columns = LIST_OUTPUT[args.command, action]
         _show(args, document, key, columns)
@@ -361,6 +384,9 @@ def register(sub: Any) -> None:
     p = accounts.add_parser("disable", help="disable an account (its members cannot log in)")
     p.add_argument("name")
     p.add_argument("--enable", action="store_true", help="enable it again")
+    connection(p)
+    p = accounts.add_parser("usage", help="bytes an account stores: unique and shared with other accounts")
+    p.add_argument("name")
     connection(p)
 
     for kind, text in (("users", "user"), ("robots", "robot account")):
@@ -443,6 +469,12 @@ def register(sub: Any) -> None:
     p = repos.add_parser("policies", help="list the accounts a repository is shared with")
     p.add_argument("name")
     listing(p)
+    p = repos.add_parser(
+        "untagged-retention", help="let GC delete manifests untagged for DAYS days (never: keep them)"
+    )
+    p.add_argument("name")
+    p.add_argument("days", help="a whole number of days, or never")
+    connection(p)
 
     audit = group(
         "audit", "read the audit log (account admins: their account's; registry administrators: all)"

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, delete, exists, func, insert, or_, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from shipyard.db import gc
 from shipyard.db.engine import read_transaction, write_transaction
 from shipyard.db.metadata import _aware, utcnow
 from shipyard.db.models import (
@@ -350,6 +351,32 @@ class AccountStore:
                     index_elements=["repository"], set_={"visibility": visibility, "updated_at": now}
                 )
             )
+
+    def set_untagged_retention(self, repository: str, days: int | None) -> None:
+        """GC deletes the repository's manifests that have had no tag for `days` (None: never). The
+        manifests untagged now count from now."""
+        now = utcnow()
+        upsert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                upsert(RepositorySettings)
+                .values(
+                    repository=repository, visibility="private", untagged_retention_days=days, updated_at=now
+                )
+                .on_conflict_do_update(
+                    index_elements=["repository"], set_={"untagged_retention_days": days, "updated_at": now}
+                )
+            )
+            if days is not None:
+                gc.queue_untagged_manifests(conn, repository)
+
+    def untagged_retention(self, repository: str) -> int | None:
+        with read_transaction(self.engine) as conn:
+            return conn.execute(
+                select(RepositorySettings.untagged_retention_days).where(
+                    RepositorySettings.repository == repository
+                )
+            ).scalar()
 
     def public_repositories(self) -> set[str]:
         with read_transaction(self.engine) as conn:

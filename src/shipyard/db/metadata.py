@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shipyard.db import outbox, sql
+from shipyard.db import gc, outbox, sql
 from shipyard.db.engine import AutocommitConnections, autocommit, read_transaction, write_transaction
 from shipyard.db.fastread import SqliteFastReader
 from shipyard.db.manifest_cache import CHANNEL, ManifestCache, PostgresChangeListener, SharedChangeCounter
@@ -200,6 +200,18 @@ class MetadataStore:
             outbox.repository_created(_cursor(conn), self._dialect == "postgresql", name, now)
         return int(conn.execute(select(Repository.id).where(Repository.name == name)).scalar_one())
 
+    def _locked_repository(self, conn: Connection, name: str) -> int:
+        """PostgreSQL: the repository's id (created if need be) with its row held (KEY SHARE) until the
+        transaction ends, so that a concurrent delete cannot take it from under a new link."""
+        cursor = _cursor(conn)
+        while True:
+            repository_id = self._ensure_repository(conn, name)
+            cursor.execute(
+                "SELECT id FROM repositories WHERE id = %(id)s FOR KEY SHARE", {"id": repository_id}
+            )
+            if cursor.fetchone() is not None:
+                return repository_id
+
     @staticmethod
     def _sqlite_repository_id(cursor: Any, name: str, create: bool, now: datetime) -> int | None:
         """The repository's id on SQLite, inside a write transaction (so an insert cannot race)."""
@@ -239,11 +251,9 @@ class MetadataStore:
         media_type: str | None = None,
         *,
         finished_upload: str | None = None,
-        mounted_from: str | None = None,
     ) -> None:
         """Record the blob and link it to `repository` (created if need be); with `finished_upload`,
-        the upload it came from ends in the same transaction; with `mounted_from`, a new link is the
-        event blob.mounted."""
+        the upload it came from ends in the same transaction. Mounts go through `link_stored_blob`."""
         now = utcnow()
         values = {
             "repository": repository,
@@ -252,35 +262,89 @@ class MetadataStore:
             "media_type": media_type,
             "upload": finished_upload,
         }
-        if self._dialect == "postgresql" and mounted_from is None:
-            with self._statement() as cursor:
-                cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
-                if cursor.fetchone() is not None:
-                    return
-        # SQLite, or a PostgreSQL repository that another request created while the statement ran
+        if self._dialect == "postgresql":
+            import psycopg
+
+            try:
+                with self._statement() as cursor:
+                    cursor.execute(sql.LINK_BLOB_POSTGRES, {**values, "now": now})
+                    if cursor.fetchone() is not None:
+                        return
+            except psycopg.errors.ForeignKeyViolation:
+                pass  # the repository was deleted while the statement ran: it is created again below
+        # SQLite, or a PostgreSQL repository that another request created or deleted while the statement ran
         postgres = self._dialect == "postgresql"
         values["now"] = now if postgres else sql.sqlite_time(now)
         with write_transaction(self.engine) as conn:
             cursor = _cursor(conn)
             if postgres:
-                values["repository_id"] = self._ensure_repository(conn, repository)
+                values["repository_id"] = self._locked_repository(conn, repository)
             else:
                 values["repository_id"] = self._sqlite_repository_id(cursor, repository, True, now)
             cursor.execute(sql.INSERT_BLOB.text(postgres), values)
             cursor.execute(sql.LINK_BLOB.text(postgres), values)
-            if mounted_from is not None and cursor.rowcount == 1:
-                outbox.blob_mounted(cursor, postgres, repository, digest, size, mounted_from, now)
+            cursor.execute(gc.QUEUE_LINK_REVIEW.text(postgres), values)
             if finished_upload is not None:
                 cursor.execute(sql.DELETE_UPLOAD.text(postgres), {"id": finished_upload})
 
+    def link_stored_blob(self, repository: str, digest: str, mounted_from: str) -> int | None:
+        """Link a blob that is already stored (a mount from `mounted_from`): its size, or None if the blob
+        row is gone (GC took it). The blob row is locked before the link, after the repository (see
+        db/gc.py). A new link is the event blob.mounted."""
+        with write_transaction(self.engine) as conn:
+            cursor = _cursor(conn)
+            postgres = self._dialect == "postgresql"
+            if postgres:
+                repository_id = self._locked_repository(conn, repository)
+                cursor.execute(
+                    "SELECT size FROM blobs WHERE digest = %(digest)s FOR KEY SHARE", {"digest": digest}
+                )
+            else:
+                found = self._sqlite_repository_id(cursor, repository, True, utcnow())
+                assert found is not None  # created
+                repository_id = found
+                cursor.execute("SELECT size FROM blobs WHERE digest = :digest", {"digest": digest})
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            now = utcnow()
+            values = {
+                "repository_id": repository_id,
+                "digest": digest,
+                "now": now if postgres else sql.sqlite_time(now),
+            }
+            # the link refreshes an existing one's time (for GC), so its row count cannot say "new"
+            cursor.execute(sql.LINKED.text(postgres), values)
+            new = cursor.fetchone() is None
+            cursor.execute(sql.LINK_BLOB.text(postgres), values)
+            size = int(row[0])
+            if new:
+                outbox.blob_mounted(cursor, postgres, repository, digest, size, mounted_from, now)
+            cursor.execute(gc.QUEUE_LINK_REVIEW.text(postgres), values)
+            return size
+
+    def pin_upload(self, upload_id: str, digest: str) -> None:
+        """Mark the upload as becoming `digest`, before the store commits it: GC keeps that blob until
+        the link ends the upload (see db/gc.py)."""
+        if self._dialect == "postgresql":
+            with self._statement() as cursor:
+                cursor.execute(gc.PG_PIN_UPLOAD, {"id": upload_id, "digest": digest})
+        else:
+            self._execute_one(gc.PIN_UPLOAD, {"id": upload_id, "digest": digest})
+
     def unlink_blob(self, repository: str, digest: str) -> bool:
         with write_transaction(self.engine) as conn:
-            repository_id = self._repository_id(conn, repository)
-            if repository_id is None:
+            # the repository first, as every path that changes links takes its locks (see db/gc.py)
+            value = conn.execute(
+                select(Repository.id).where(Repository.name == repository).with_for_update()
+            ).scalar()
+            if value is None:
                 return False
+            # the review row before the blob row, the order every path keeps (see db/gc.py)
+            gc.note_blob_unlinked(conn, digest, repository)
             result = conn.execute(
                 delete(RepositoryBlob).where(
-                    RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest == digest
+                    RepositoryBlob.repository_id == value, RepositoryBlob.digest == digest
                 )
             )
             return bool(result.rowcount)
@@ -390,6 +454,7 @@ class MetadataStore:
         children = sorted({str(c.digest) for c in manifest.children if not c.has_data})
         with self._manifest_change(repository, create=True) as (conn, repository_id):
             assert repository_id is not None
+            tag_list = list(tags)
             outbox.manifest_pushed(
                 _cursor(conn),
                 self._dialect == "postgresql",
@@ -398,20 +463,22 @@ class MetadataStore:
                 str(manifest.digest),
                 manifest.media_type,
                 manifest.size,
-                tags,
+                tag_list,
                 utcnow(),
             )
+            gc.note_tags_moving(conn, repository_id, tag_list, str(manifest.digest))
             if self._dialect == "postgresql":
                 missing = self._put_manifest_postgres(
-                    _cursor(conn), repository_id, manifest, content, list(tags), blobs, children
+                    _cursor(conn), repository_id, manifest, content, tag_list, blobs, children
                 )
             else:
                 missing = self._put_manifest_sqlite(
-                    _cursor(conn), repository_id, manifest, content, list(tags), blobs, children
+                    _cursor(conn), repository_id, manifest, content, tag_list, blobs, children
                 )
             if missing is not None:
                 kind, digest = missing
                 raise ManifestBlobUnknown(f"{kind} unknown to repository: {digest}", extra={"digest": digest})
+            gc.note_manifest_put(conn, repository_id, str(manifest.digest), bool(tag_list))
 
     @staticmethod
     def _manifest_row(manifest: ParsedManifest) -> dict[str, object]:
@@ -610,14 +677,32 @@ class MetadataStore:
                     f"{digest} is listed by the image index {', '.join(parents)} in {repository}: "
                     "delete the index first"
                 )
-            postgres = self._dialect == "postgresql"
-            outbox.manifest_deleted(_cursor(conn), postgres, repository, manifest_id, digest, utcnow())
-            # explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
-            # do not want to depend on it
-            conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id == manifest_id))
-            conn.execute(delete(ManifestChild).where(ManifestChild.manifest_id == manifest_id))
-            conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            self._delete_manifest_rows(conn, repository, manifest_id, digest)
+            return True
+
+    def _delete_manifest_rows(self, conn: Connection, repository: str, manifest_id: int, digest: str) -> None:
+        outbox.manifest_deleted(
+            _cursor(conn), self._dialect == "postgresql", repository, manifest_id, digest, utcnow()
+        )
+        gc.note_manifest_deleted(conn, manifest_id)
+        # explicit deletes: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
+        # do not want to depend on it
+        conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+        conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id == manifest_id))
+        conn.execute(delete(ManifestChild).where(ManifestChild.manifest_id == manifest_id))
+        conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
+
+    def delete_manifest_if(self, repository: str, choose: Callable[[Connection, int], int | None]) -> bool:
+        """Delete the manifest that `choose` picks inside the repository's manifest transaction (GC of
+        untagged manifests: the choice and the delete see the same state)."""
+        with self._manifest_change(repository) as (conn, repository_id):
+            if repository_id is None:
+                return False
+            manifest_id = choose(conn, repository_id)
+            if manifest_id is None:
+                return False
+            digest = conn.execute(select(Manifest.digest).where(Manifest.id == manifest_id)).scalar_one()
+            self._delete_manifest_rows(conn, repository, manifest_id, str(digest))
             return True
 
     def delete_tag(self, repository: str, tag: str) -> bool:
@@ -627,6 +712,7 @@ class MetadataStore:
             outbox.tag_deleted(
                 _cursor(conn), self._dialect == "postgresql", repository, repository_id, tag, utcnow()
             )
+            gc.note_tags_moving(conn, repository_id, [tag], None)
             result = conn.execute(delete(Tag).where(Tag.repository_id == repository_id, Tag.name == tag))
             return bool(result.rowcount)
 
@@ -657,6 +743,7 @@ class MetadataStore:
             if repository_id is None:
                 return False
             outbox.repository_deleted(_cursor(conn), self._dialect == "postgresql", repository, utcnow())
+            gc.note_repository_deleted(conn, repository_id, repository)
             manifests = select(Manifest.id).where(Manifest.repository_id == repository_id)
             conn.execute(delete(Tag).where(Tag.repository_id == repository_id))
             conn.execute(delete(ManifestLayer).where(ManifestLayer.manifest_id.in_(manifests)))

@@ -47,6 +47,9 @@ class Repository(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(_bytewise(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(TZ)
+    # bytes and number of the blobs linked here, kept by triggers on repository_blobs (migration 0009)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    stored_blobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Blob(Base):
@@ -56,6 +59,10 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     media_type: Mapped[str | None] = mapped_column(MEDIA_TYPE)
     created_at: Mapped[datetime] = mapped_column(TZ)
+    # how many repositories and namespaces (accounts) link the blob, kept by triggers on
+    # repository_blobs: what "unique" and "shared" bytes are counted from
+    links: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    namespaces: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RepositoryBlob(Base):
@@ -73,6 +80,8 @@ class Manifest(Base):
     __table_args__ = (
         UniqueConstraint("repository_id", "digest"),
         Index("ix_manifests_subject", "repository_id", "subject_digest"),
+        # GC asks whether any manifest of a repository still uses a blob as its config
+        Index("ix_manifests_config", "repository_id", "config_digest"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -133,6 +142,8 @@ class UploadSession(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ, index=True)
+    # set while the finished upload becomes a blob (store commit, then link): GC keeps that blob
+    digest: Mapped[str | None] = mapped_column(DIGEST, index=True)
 
 
 class Account(Base):
@@ -195,6 +206,8 @@ class RepositorySettings(Base):
     repository: Mapped[str] = mapped_column(_bytewise(255), primary_key=True)
     visibility: Mapped[str] = mapped_column(String(16), default="private")
     updated_at: Mapped[datetime] = mapped_column(TZ)
+    # GC deletes manifests that have had no tag for this many days; None keeps them
+    untagged_retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class RepositoryPolicy(Base):
@@ -354,3 +367,51 @@ class JobSchedule(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     next_run_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class NamespaceBlob(Base):
+    """How many repositories of a namespace (an account's `<name>/...`) link a blob; kept by triggers on
+    repository_blobs. An account's stored bytes are those of its rows, each blob once."""
+
+    __tablename__ = "namespace_blobs"
+
+    namespace: Mapped[str] = mapped_column(_bytewise(255), primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True, index=True)
+    links: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GcBlobReview(Base):
+    """A blob that lost a link: GC looks at it once `review_after` has passed. A digest may be queued
+    more than once: with no unique key, writers queueing the same digest never wait for each other
+    (waits that, with their other locks, could close a cycle); GC handles all copies at once."""
+
+    __tablename__ = "gc_blob_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, index=True)
+    review_after: Mapped[datetime] = mapped_column(TZ, index=True)
+    # the namespace that last held it, for the report of what was freed by account
+    namespace: Mapped[str | None] = mapped_column(String(255))
+
+
+class GcLinkReview(Base):
+    """A blob link that may have no manifest using it (new, or its manifest was deleted); like blob
+    reviews, with no unique key."""
+
+    __tablename__ = "gc_link_reviews"
+    __table_args__ = (Index("ix_gc_link_reviews_link", "repository_id", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(DIGEST)
+    review_after: Mapped[datetime] = mapped_column(TZ, index=True)
+
+
+class GcManifestReview(Base):
+    """A manifest that lost its last tag, or was pushed without one, and since when."""
+
+    __tablename__ = "gc_manifest_reviews"
+
+    manifest_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(Integer, index=True)
+    queued_at: Mapped[datetime] = mapped_column(TZ)

@@ -66,9 +66,11 @@ INSERT_BLOB = Sql(
     "INSERT INTO blobs (digest, size, media_type, created_at) VALUES (:digest, :size, :media_type, :now) "
     "ON CONFLICT DO NOTHING"
 )
+# linking again renews the link's time: GC keeps a link younger than its grace period
+LINKED = Sql("SELECT 1 FROM repository_blobs WHERE repository_id = :repository_id AND digest = :digest")
 LINK_BLOB = Sql(
     "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (:repository_id, :digest, :now) "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at"
 )
 # PostgreSQL: the repository (created if need be), the blob row, its link and the end of the upload
 # it came from, in one round trip. The statement sees the tables as they were when it began, so a
@@ -92,7 +94,11 @@ blob AS (
 link AS (
     INSERT INTO repository_blobs (repository_id, digest, created_at)
     SELECT id, %(digest)s, %(now)s FROM repository
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = EXCLUDED.created_at
+),
+review AS (
+    INSERT INTO gc_link_reviews (repository_id, digest, review_after)
+    SELECT id, %(digest)s, %(now)s FROM repository
 ),
 finished AS (DELETE FROM upload_sessions WHERE id = %(upload)s AND EXISTS (SELECT FROM repository))
 -- the outbox: the repository's creation is an event in the same statement

@@ -57,3 +57,16 @@ class Referrer:
         if self.annotations:
             out["annotations"] = self.annotations
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Bytes stored: in all, unique (no other repository, or account, links the blob) and shared."""
+
+    stored_bytes: int
+    unique_bytes: int
+    blobs: int
+
+    @property
+    def shared_bytes(self) -> int:
+        return self.stored_bytes - self.unique_bytes

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from shipyard.auth.credentials import hash_secret, new_key_id, new_secret
 from shipyard.db.accounts import AccountStore, Conflict, NotFound
+from shipyard.db.gc import GcStore
 from shipyard.db.metadata import MetadataStore
 from shipyard.domain.accounts import (
     POLICY_ACTIONS,
@@ -43,6 +44,7 @@ from shipyard.domain.accounts import (
 from shipyard.domain.errors import Denied, PaginationInvalid, RegistryError, RequestInvalid
 from shipyard.domain.management import DEFAULT_PAGE, MAX_PAGE, AuditRecord, Listing, Outcome
 from shipyard.domain.names import validate_name
+from shipyard.domain.records import Usage
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("shipyard.audit")
@@ -91,6 +93,9 @@ class RepositoryInfo:
     policies: dict[str, frozenset[str]]
     # what the caller may do
     actions: frozenset[str]
+    # bytes stored, from the counters GC keeps (None when the repository has no row yet)
+    usage: Usage | None = None
+    untagged_retention_days: int | None = None
 
 
 class _Event:
@@ -129,6 +134,7 @@ class AccountService:
     def __init__(self, accounts: AccountStore, metadata: MetadataStore) -> None:
         self.accounts = accounts
         self.metadata = metadata
+        self._storage = GcStore(metadata.engine)
 
     # -- audit ---------------------------------------------------------------------------------
 
@@ -488,7 +494,29 @@ class AccountService:
 
     def _info(self, actor: PrincipalRecord, name: str) -> RepositoryInfo:
         access = self.accounts.repository_access(name)
-        return RepositoryInfo(name, access.visibility, access.grants, actions_for(actor, access))
+        return RepositoryInfo(
+            name,
+            access.visibility,
+            access.grants,
+            actions_for(actor, access),
+            self._storage.repository_usage(name),
+            self.accounts.untagged_retention(name),
+        )
+
+    def account_usage(self, actor: PrincipalRecord, account: str) -> Usage:
+        """The bytes of the blobs the account's repositories link, each blob once; unique: linked by no
+        other account."""
+        self._require_member(actor, account)
+        return self._storage.namespace_usage(account)
+
+    def set_untagged_retention(
+        self, actor: PrincipalRecord, name: str, days: int | None, *, source: str = LOCAL_SOURCE
+    ) -> RepositoryInfo:
+        detail = "never" if days is None else f"{days} days"
+        with self._audited(actor, source, "repository.untagged-retention", account_of(name), name, detail):
+            self._require_existing_as_admin(actor, name)
+            self.accounts.set_untagged_retention(name, days)
+            return self._info(actor, name)
 
     def list_repositories(
         self, actor: PrincipalRecord, account: str, *, limit: int = DEFAULT_PAGE, last: str | None = None

@@ -191,8 +191,9 @@ class RegistryService:
             if self.blobs.stat(parsed) != size:
                 log.warning("blob %s is in the database but not in the store; not mounting", parsed)
                 return None
-            self.metadata.link_blob(repository, str(parsed), size, mounted_from=candidate)
-            return BlobInfo(str(parsed), size)
+            # None: GC collected the blob meanwhile, and the client uploads it
+            linked = self.metadata.link_stored_blob(repository, str(parsed), candidate)
+            return None if linked is None else BlobInfo(str(parsed), linked)
         return None
 
     # -- uploads -----------------------------------------------------------------------------
@@ -340,6 +341,7 @@ class RegistryService:
         if actual != parsed:
             self._drop_upload(upload_id)
             raise DigestInvalid(f"content hashes to {actual}, not {parsed}")
+        self.metadata.pin_upload(upload_id, str(parsed))
         try:
             self.blobs.commit_upload(upload_id, parsed, state.size)
         except UploadMissing:
