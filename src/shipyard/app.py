@@ -287,6 +287,9 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
         # read afresh at each run, as `shipyard keys rotate` may have changed them meanwhile
         handlers.add("retire-signing-keys", lambda payload: _signing_keys(settings).retire_expired())
         schedules.append(Schedule("retire-signing-keys", 3600, "retire-signing-keys"))
+    collector = make_collector(settings, registry)
+    handlers.add("gc", lambda payload: _collect(collector))
+    schedules.append(Schedule("gc", settings.gc_interval_seconds, "gc"))
     dispatcher = make_dispatcher(settings, engine)
     # the job returns at once: sends go on in the dispatcher's threads, each taking the next due
     # delivery when done, so a slow receiver holds no job and deliveries keep up with pushes
@@ -302,6 +305,18 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
         poll_seconds=settings.job_poll_seconds,
     )
     return WorkerApp(worker, engine, registry, dispatcher)
+
+
+def _collect(collector: GarbageCollector) -> None:
+    report = collector.run()
+    if report.manifests or report.links or report.blobs:
+        log.info(
+            "gc freed %d blobs (%d bytes), %d links and %d untagged manifests",
+            report.blobs,
+            report.bytes,
+            report.links,
+            report.manifests,
+        )
 
 
 def make_readiness(engine: Engine, blobs: BlobStore) -> ReadinessService:
