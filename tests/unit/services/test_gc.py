@@ -23,6 +23,7 @@ from shipyard.db.accounts import AccountStore
 from shipyard.db.gc import GcStore
 from shipyard.domain.digest import Digest
 from shipyard.domain.errors import BlobUnknown, ManifestUnknown
+from shipyard.services.access import SYSTEM
 from shipyard.services.gc import GarbageCollector
 from tests.conftest import database_url
 from tests.unit.services.test_gc_race import OCI_MANIFEST, digest, recount, upload
@@ -65,7 +66,7 @@ def image(app: Shipyard, repository: str, layers: list[bytes], tag: str | None =
             ],
         }
     ).encode()
-    app.registry.put_manifest(repository, tag or digest(body), body, OCI_MANIFEST)
+    app.registry.put_manifest(SYSTEM, repository, tag or digest(body), body, OCI_MANIFEST)
     return digest(body)
 
 
@@ -77,14 +78,14 @@ def test_deleting_a_manifest_frees_the_layers_no_other_manifest_uses(app: Shipya
     shared, own = b"shared layer" * 100, b"own layer" * 300
     first = image(app, "acme/app", [shared, own], tag="v1")
     image(app, "acme/app", [shared], tag="v2")
-    app.registry.delete_manifest("acme/app", first)
+    app.registry.delete_manifest(SYSTEM, "acme/app", first)
     report = collector(app).run()
     # the manifest's own layer and config went; the shared layer stays for v2
     assert report.blobs == 2 and report.links == 2
     config_size = report.by_account["acme"].bytes - len(own)
     assert 0 < config_size < 200 and report.by_account["acme"].blobs == 2
     assert not stored(app, own) and stored(app, shared)
-    assert app.registry.get_manifest("acme/app", "v2")
+    assert app.registry.get_manifest(SYSTEM, "acme/app", "v2")
     # nothing is done twice
     again = collector(app).run()
     assert (again.blobs, again.links, again.manifests) == (0, 0, 0)
@@ -115,9 +116,9 @@ def test_a_repository_delete_frees_what_only_it_held(app: Shipyard) -> None:
 
 def test_a_dry_run_changes_nothing_and_tells_what_the_run_frees(app: Shipyard) -> None:
     image(app, "acme/app", [b"a" * 1000, b"b" * 2000], tag="v1")
-    app.registry.delete_manifest("acme/app", "v1")  # the tag only: the manifest stays, untagged
+    app.registry.delete_manifest(SYSTEM, "acme/app", "v1")  # the tag only: the manifest stays, untagged
     (digest_v1,) = _rows(app, "SELECT digest FROM manifests")[0]
-    app.registry.delete_manifest("acme/app", str(digest_v1))
+    app.registry.delete_manifest(SYSTEM, "acme/app", str(digest_v1))
     upload(app.registry, "beta/x", b"c" * 500)
     dry = collector(app).run(dry_run=True)
     assert dry.dry_run and dry.links == 4
@@ -147,10 +148,10 @@ def _rows(app: Shipyard, query: str) -> list[tuple[object, ...]]:
 
 def test_untagged_manifests_go_only_where_the_repository_asks_and_never_an_index_child(app: Shipyard) -> None:
     kept = image(app, "acme/keep", [b"keep layer"], tag="v1")
-    app.registry.delete_manifest("acme/keep", "v1")
+    app.registry.delete_manifest(SYSTEM, "acme/keep", "v1")
     gone = image(app, "acme/tidy", [b"tidy layer"], tag="v1")
     child = image(app, "acme/tidy", [b"child layer"], tag=None)
-    child_size = len(app.registry.get_manifest("acme/tidy", child).content)
+    child_size = len(app.registry.get_manifest(SYSTEM, "acme/tidy", child).content)
     index = json.dumps(
         {
             "schemaVersion": 2,
@@ -158,8 +159,8 @@ def test_untagged_manifests_go_only_where_the_repository_asks_and_never_an_index
             "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": child_size}],
         }
     ).encode()
-    app.registry.put_manifest("acme/tidy", "multi", index, OCI_INDEX)
-    app.registry.delete_manifest("acme/tidy", "v1")
+    app.registry.put_manifest(SYSTEM, "acme/tidy", "multi", index, OCI_INDEX)
+    app.registry.delete_manifest(SYSTEM, "acme/tidy", "v1")
     AccountStore(app.engine).set_untagged_retention("acme/tidy", 1)
     # untagged for less than a day: kept
     assert collector(app).run().manifests == 0
@@ -168,15 +169,15 @@ def test_untagged_manifests_go_only_where_the_repository_asks_and_never_an_index
     report = collector(app).run()
     assert report.manifests == 1
     with pytest.raises(ManifestUnknown):
-        app.registry.get_manifest("acme/tidy", gone)
+        app.registry.get_manifest(SYSTEM, "acme/tidy", gone)
     assert not stored(app, b"tidy layer")
     # the index's child stays while the index lives; the other repository keeps its untagged manifest
-    assert app.registry.get_manifest("acme/tidy", child) and stored(app, b"child layer")
-    assert app.registry.get_manifest("acme/keep", kept)
+    assert app.registry.get_manifest(SYSTEM, "acme/tidy", child) and stored(app, b"child layer")
+    assert app.registry.get_manifest(SYSTEM, "acme/keep", kept)
     # once the index is gone, its untagged child follows after its own day
-    app.registry.delete_manifest("acme/tidy", "multi")
+    app.registry.delete_manifest(SYSTEM, "acme/tidy", "multi")
     index_digest = digest(index)
-    app.registry.delete_manifest("acme/tidy", index_digest)
+    app.registry.delete_manifest(SYSTEM, "acme/tidy", index_digest)
     with app.engine.begin() as conn:
         conn.execute(text("UPDATE gc_manifest_reviews SET queued_at = :then"), {"then": _days_ago(app, 2)})
     assert collector(app).run().manifests == 1
@@ -222,12 +223,10 @@ def test_storage_accounting_equals_a_recount_after_random_pushes_mounts_and_dele
         if choice < 0.45:
             upload(registry, repository, rng.choice(contents))
         elif choice < 0.7:
-            registry.mount_blob(
-                repository, digest(rng.choice(contents)), rng.choice(repositories), lambda _: True
-            )
+            registry.mount_blob(SYSTEM, repository, digest(rng.choice(contents)), rng.choice(repositories))
         elif choice < 0.85:
             with contextlib.suppress(BlobUnknown):
-                registry.delete_blob(repository, digest(rng.choice(contents)))
+                registry.delete_blob(SYSTEM, repository, digest(rng.choice(contents)))
         elif choice < 0.95:
             collector(app).run()
         else:
@@ -270,7 +269,7 @@ def test_the_gc_command_runs_against_the_configured_database_and_store(tmp_path:
     try:
         image(app, "acme/app", [b"layer" * 100], tag="v1")
         (manifest,) = _rows(app, "SELECT digest FROM manifests")[0]
-        app.registry.delete_manifest("acme/app", str(manifest))
+        app.registry.delete_manifest(SYSTEM, "acme/app", str(manifest))
     finally:
         app.close()
     env = {**os.environ, "SHIPYARD_GC_GRACE_SECONDS": "0"}

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from shipyard.app import Shipyard, build
 from shipyard.config import Settings
 from shipyard.domain.errors import ManifestBlobUnknown, ManifestReferenced, ManifestUnknown
+from shipyard.services.access import SYSTEM
 from shipyard.services.gc import GarbageCollector
 from shipyard.services.registry import RegistryService
 from tests.conftest import database_url
@@ -46,10 +47,10 @@ def digest(data: bytes) -> str:
 
 
 def upload(registry: RegistryService, repository: str, data: bytes) -> None:
-    state = registry.start_upload(repository)
-    appender = registry.begin_append(repository, state.id)
+    state = registry.start_upload(SYSTEM, repository)
+    appender = registry.begin_append(SYSTEM, repository, state.id)
     state = appender.finish([data])
-    registry.complete_upload(repository, state.id, digest(data), state)
+    registry.complete_upload(SYSTEM, repository, state.id, digest(data), state)
 
 
 def push(registry: RegistryService, rng: random.Random, repository: str, n: int) -> None:
@@ -76,12 +77,12 @@ def push(registry: RegistryService, rng: random.Random, repository: str, n: int)
     for _ in range(5):
         for blob in (config, *layers):
             source = rng.choice(REPOSITORIES)
-            if rng.random() < 0.3 and registry.mount_blob(repository, digest(blob), source, lambda _: True):
+            if rng.random() < 0.3 and registry.mount_blob(SYSTEM, repository, digest(blob), source):
                 continue
             upload(registry, repository, blob)
         reference = f"t{rng.randrange(6)}" if rng.random() < 0.7 else digest(body)
         try:
-            registry.put_manifest(repository, reference, body, OCI_MANIFEST)
+            registry.put_manifest(SYSTEM, repository, reference, body, OCI_MANIFEST)
             return
         except ManifestBlobUnknown:
             continue  # GC took a link between upload and PUT (grace is tiny here): push again
@@ -109,10 +110,10 @@ def client(app: Shipyard, seed: int, rounds: int, errors: list[BaseException]) -
                 mine = [d for r, d in live_manifests(app) if r == repository]
                 if mine:
                     with contextlib.suppress(ManifestUnknown, ManifestReferenced):
-                        registry.delete_manifest(repository, rng.choice(mine))
+                        registry.delete_manifest(SYSTEM, repository, rng.choice(mine))
             elif choice < 0.97:
                 with contextlib.suppress(ManifestUnknown):
-                    registry.delete_manifest(repository, f"t{rng.randrange(6)}")
+                    registry.delete_manifest(SYSTEM, repository, f"t{rng.randrange(6)}")
             else:
                 registry.metadata.delete_repository(repository)
     except BaseException as exc:
@@ -124,14 +125,14 @@ def check_pulls_whole(app: Shipyard) -> int:
     pulled = 0
     for repository, manifest_digest in live_manifests(app):
         try:
-            stored = registry.get_manifest(repository, manifest_digest)
+            stored = registry.get_manifest(SYSTEM, repository, manifest_digest)
         except ManifestUnknown:
             continue
         document = json.loads(stored.content)
         for descriptor in (document["config"], *document["layers"]):
-            info = registry.stat_blob(repository, descriptor["digest"])
+            info = registry.stat_blob(SYSTEM, repository, descriptor["digest"])
             assert info.size == descriptor["size"]
-            content = b"".join(registry.read_blob(descriptor["digest"]))
+            content = b"".join(registry.read_blob(SYSTEM, repository, descriptor["digest"]))
             assert digest(content) == descriptor["digest"], (
                 f"{repository}: layer {descriptor['digest']} is damaged"
             )
