@@ -66,8 +66,11 @@ bench-packages:
 	  done; \
 	fi
 
-bench: $(VENV)/.bench-installed bench-packages system-packages
+# the registry beside Distribution and nginx, then GC's rate and push throughput with a webhook
+bench: $(VENV)/.bench-installed $(VENV)/.test-installed bench-packages system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.gc $(BENCH_GC_ARGS)
+	$(BIN)/python -m bench.webhooks
 
 # push throughput with one webhook subscribed vs none, side by side (bench/webhooks.py)
 bench-webhooks: $(VENV)/.test-installed
