@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from shipyard.cli.manage import ApiError, Client, _positive, read_password, table
+from shipyard.cli.manage import ApiError, _positive, add_connection, add_limit, open_client, table
 
 STATES = ("queued", "running", "done", "failed", "dead", "cancelled")
 LIST_COLUMNS = ("id", "kind", "state", "attempts", "run_at", "last_error")
@@ -51,16 +49,10 @@ def _details(job: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    registry = args.registry or os.environ.get("SHIPYARD_REGISTRY")
-    if not registry:
-        print("shipyard: give --registry URL or set SHIPYARD_REGISTRY", file=sys.stderr)
-        return 2
-    user = args.user or os.environ.get("SHIPYARD_USER")
-    if not user:
-        print("shipyard: give -u/--user or set SHIPYARD_USER", file=sys.stderr)
-        return 2
     try:
-        client = Client(registry, user, read_password(user), args.cacert)
+        client = open_client(args)
+        if client is None:
+            return 2
         if args.action == "list":
             query = {k: v for k, v in (("state", args.state), ("kind", args.kind)) if v}
             document = client.listing("/api/v1/jobs", "jobs", args.limit, query)
@@ -87,22 +79,12 @@ def register(sub: Any) -> None:
     ).add_subparsers(dest="action", required=True)
 
     def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", help="registry URL, e.g. https://127.0.0.1:5000 (or SHIPYARD_REGISTRY)")
-        p.add_argument("-u", "--user", help="login: user, access key id or robot (or SHIPYARD_USER)")
-        p.add_argument("--cacert", type=Path, help="CA certificate to trust for HTTPS")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
-        p.set_defaults(func=run)
+        add_connection(p, run)
 
     p = group.add_parser("list", help="list jobs, newest first")
     p.add_argument("--state", choices=STATES, help="only jobs in this state")
     p.add_argument("--kind", help="only jobs of this kind")
-    p.add_argument(
-        "--limit",
-        type=_positive,
-        default=DEFAULT_LIMIT,
-        metavar="N",
-        help=f"print at most N jobs (default: {DEFAULT_LIMIT})",
-    )
+    add_limit(p, DEFAULT_LIMIT, "jobs")
     connection(p)
     for action, help_text in (
         ("show", "show a job, with its payload and last error"),

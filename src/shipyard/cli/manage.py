@@ -317,18 +317,46 @@ def _days(value: str) -> int:
         raise ApiError(0, f"invalid number of days {value!r}: a whole number, or never") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def open_client(args: argparse.Namespace) -> Client | None:
+    """A client of the registry and user that the options or the environment name; None, after saying
+    which is missing, when one is not given."""
     registry = args.registry or os.environ.get("SHIPYARD_REGISTRY")
     if not registry:
         print("shipyard: give --registry URL or set SHIPYARD_REGISTRY", file=sys.stderr)
-        return 2
+        return None
     user = args.user or os.environ.get("SHIPYARD_USER")
     if not user:
         print("shipyard: give -u/--user or set SHIPYARD_USER", file=sys.stderr)
-        return 2
+        return None
+    return Client(registry, user, read_password(user), args.cacert)
+
+
+def add_connection(p: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int]) -> None:
+    """The options of every command that calls the management API, which `command` then runs."""
+    p.add_argument("--registry", help="registry URL, e.g. https://127.0.0.1:5000 (or SHIPYARD_REGISTRY)")
+    p.add_argument("-u", "--user", help="login: user, access key id or robot (or SHIPYARD_USER)")
+    p.add_argument("--cacert", type=Path, help="CA certificate to trust for HTTPS")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(func=command)
+
+
+def add_limit(p: argparse.ArgumentParser, default: int | None, what: str = "items") -> None:
+    every = "all" if default is None else str(default)
+    p.add_argument(
+        "--limit",
+        type=_positive,
+        default=default,
+        metavar="N",
+        help=f"print at most N {what} (default: {every})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     action = getattr(args, "action", "") or ""
     try:
-        client = Client(registry, user, read_password(user), args.cacert)
+        client = open_client(args)
+        if client is None:
+            return 2
         document = COMMANDS[args.command][action](client, args)
     except ApiError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
@@ -349,21 +377,10 @@ def register(sub: Any) -> None:
     """Add the management commands to the top-level subparsers of `shipyard`."""
 
     def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", help="registry URL, e.g. https://127.0.0.1:5000 (or SHIPYARD_REGISTRY)")
-        p.add_argument("-u", "--user", help="login: user, access key id or robot (or SHIPYARD_USER)")
-        p.add_argument("--cacert", type=Path, help="CA certificate to trust for HTTPS")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
-        p.set_defaults(func=run)
+        add_connection(p, run)
 
     def listing(p: argparse.ArgumentParser, default: int | None = None) -> None:
-        every = "all" if default is None else str(default)
-        p.add_argument(
-            "--limit",
-            type=_positive,
-            default=default,
-            metavar="N",
-            help=f"print at most N items (default: {every})",
-        )
+        add_limit(p, default)
         connection(p)
 
     def group(name: str, text: str) -> Any:

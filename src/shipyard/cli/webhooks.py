@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from shipyard.cli.manage import ApiError, Client, _positive, _q, read_password, table
+from shipyard.cli.manage import ApiError, Client, _positive, _q, add_connection, add_limit, open_client, table
 
 EVENT_LIMIT = 100
 WEBHOOK_COLUMNS = ("id", "url", "events", "repositories", "description", "created_at")
@@ -82,16 +80,10 @@ def _print(a: argparse.Namespace, document: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    registry = args.registry or os.environ.get("SHIPYARD_REGISTRY")
-    if not registry:
-        print("shipyard: give --registry URL or set SHIPYARD_REGISTRY", file=sys.stderr)
-        return 2
-    user = args.user or os.environ.get("SHIPYARD_USER")
-    if not user:
-        print("shipyard: give -u/--user or set SHIPYARD_USER", file=sys.stderr)
-        return 2
     try:
-        client = Client(registry, user, read_password(user), args.cacert)
+        client = open_client(args)
+        if client is None:
+            return 2
         document = COMMANDS[args.command, args.action](client, args)
     except ApiError as exc:
         print(f"shipyard: {exc}", file=sys.stderr)
@@ -104,17 +96,10 @@ def register(sub: Any) -> None:
     """Add `webhooks` and `events` to the top-level subparsers of `shipyard`."""
 
     def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", help="registry URL, e.g. https://127.0.0.1:5000 (or SHIPYARD_REGISTRY)")
-        p.add_argument("-u", "--user", help="login: user, access key id or robot (or SHIPYARD_USER)")
-        p.add_argument("--cacert", type=Path, help="CA certificate to trust for HTTPS")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
-        p.set_defaults(func=run)
+        add_connection(p, run)
 
     def listing(p: argparse.ArgumentParser, default: int | None = None) -> None:
-        every = "all" if default is None else str(default)
-        p.add_argument(
-            "--limit", type=_positive, default=default, metavar="N", help=f"at most N (default: {every})"
-        )
+        add_limit(p, default)
         connection(p)
 
     def group(name: str, text: str) -> Any:
