@@ -172,6 +172,12 @@ PageSize = Annotated[
     Query(ge=1, le=MAX_PAGE, description="page size; anything but an integer from 1 to 1000 is a 400"),
     _blank_is(DEFAULT_PAGE),
 ]
+# ids of the tables that are paged by id (32-bit on PostgreSQL): a larger one would fail in the database
+IdAfter = Annotated[
+    int | None,
+    Query(ge=0, le=2**31 - 1, description="continue after this id (the Link header carries it)"),
+    _blank_is(None),
+]
 After = Annotated[
     str | None,
     Query(description="continue after this key (the previous page's last); the Link header carries it"),
@@ -324,7 +330,7 @@ async def list_audit(
     request: Request,
     response: Response,
     n: PageSize = DEFAULT_PAGE,
-    last: Annotated[int | None, Query(description="continue after this event id"), _blank_is(None)] = None,
+    last: IdAfter = None,
     account: Annotated[str | None, Query(description="only this account's events"), _blank_is(None)] = None,
 ) -> AuditEvents:
     found = await call.run(call.service.audit_events, call.actor, account, limit=n, last=last)

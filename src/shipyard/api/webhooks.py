@@ -13,6 +13,7 @@ from shipyard.api.management import (
     _NO_CONTENT,
     AccountPath,
     Caller,
+    IdAfter,
     PageSize,
     _blank_is,
     _paged,
@@ -179,11 +180,6 @@ _WEBHOOKS = "/accounts/{account}/webhooks"
 _WEBHOOK = _WEBHOOKS + "/{webhook}"
 WebhookPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="a webhook's id")]
 DeliveryPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="a delivery's id")]
-_IdAfter = Annotated[
-    int | None,
-    Query(ge=0, le=2**31 - 1, description="continue after this id (the Link header carries it)"),
-    _blank_is(None),
-]
 
 
 @router.get("/events", tags=["events"], **_paged(Events, "events, newest first"))
@@ -192,7 +188,7 @@ async def list_events(
     request: Request,
     response: Response,
     n: PageSize = DEFAULT_PAGE,
-    last: _IdAfter = None,
+    last: IdAfter = None,
     account: Annotated[str | None, Query(description="only this account's events"), _blank_is(None)] = None,
     repository: Annotated[
         str | None, Query(description="only this repository's events"), _blank_is(None)
@@ -224,7 +220,7 @@ async def list_webhooks(
     response: Response,
     account: AccountPath,
     n: PageSize = DEFAULT_PAGE,
-    last: _IdAfter = None,
+    last: IdAfter = None,
 ) -> Webhooks:
     found = await call.run(_events(request).list_webhooks, call.actor, account, limit=n, last=last)
     link_next(request, response, n, found.next)
@@ -278,7 +274,7 @@ async def list_deliveries(
     account: AccountPath,
     webhook: WebhookPath,
     n: PageSize = DEFAULT_PAGE,
-    last: _IdAfter = None,
+    last: IdAfter = None,
 ) -> Deliveries:
     found = await call.run(_events(request).deliveries, call.actor, account, webhook, limit=n, last=last)
     link_next(request, response, n, found.next)
