@@ -295,6 +295,9 @@ def build_worker(settings: Settings, *, extra_handlers: dict[str, Handler] | Non
     # delivery when done, so a slow receiver holds no job and deliveries keep up with pushes
     handlers.add("webhooks", lambda payload: dispatcher.run_once(wait_for_sends=False))
     schedules.append(Schedule("webhooks", settings.webhook_dispatch_interval_seconds, "webhooks"))
+    event_retention = timedelta(seconds=settings.event_retention_seconds)
+    handlers.add("prune-events", lambda payload: dispatcher.store.prune(event_retention))
+    schedules.append(Schedule("prune-events", 3600, "prune-events"))
     for kind, handler in (extra_handlers or {}).items():
         handlers.add(kind, handler)
     worker = Worker(

@@ -184,6 +184,11 @@ class Settings(BaseSettings):
     webhook_retry_window_seconds: float = Field(
         86400.0, gt=0, description="a webhook delivery is retried for this long after its first attempt"
     )
+    event_retention_seconds: int = Field(
+        2592000,
+        ge=3600,
+        description="events (and their webhook deliveries) are deleted this long after they happened",
+    )
     webhook_dispatch_interval_seconds: float = Field(
         1.0,
         gt=0,

@@ -8,12 +8,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from shipyard.db.accounts import AccountStore
-from shipyard.db.models import Event, WebhookDelivery
+from shipyard.db.models import Event, WebhookAttempt, WebhookDelivery
 from shipyard.db.webhooks import EventStore, utcnow
-from shipyard.domain.events import EventRecord
+from shipyard.domain.events import SUCCEEDED, EventRecord
 from tests.api.helpers import (
     encode,
     image_manifest,
@@ -260,3 +260,44 @@ def test_webhook_and_delivery_ids_are_never_reused(app_registry: Registry) -> No
     push_image(app_registry.client, "ids/app", "v2")
     store.fan_out(10_000)
     assert min(d.id for d in store.deliveries_page(second.id, 10, None)) > delivered
+
+
+def test_pruning_deletes_old_finished_events_with_their_deliveries(app_registry: Registry) -> None:
+    store = store_of(app_registry)
+    store.fan_out(10_000)  # what earlier tests left
+    engine = app_registry.app.engine  # type: ignore[union-attr]
+    make_account(app_registry, "prune")
+    store.create_webhook("prune", "http://example.com/", [], [], "whsec_AAAA", None)
+    old, recent = utcnow() - timedelta(days=40), utcnow()
+    with engine.begin() as conn:
+        ids = [
+            conn.execute(
+                insert(Event).values(at=at, type="tag.created", account="prune", tag=tag).returning(Event.id)
+            ).scalar_one()
+            for at, tag in ((old, "sent"), (old, "also-sent"), (old, "still-trying"), (recent, "recent"))
+        ]
+    assert store.fan_out(10_000) == 4
+    sent, also_sent, still_trying, young = ids
+    with engine.begin() as conn:
+        conn.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.event_id.in_([sent, also_sent, young]))
+            .values(state=SUCCEEDED)
+        )
+        delivery = conn.execute(
+            select(WebhookDelivery.id).where(WebhookDelivery.event_id == sent)
+        ).scalar_one()
+        conn.execute(insert(WebhookAttempt).values(delivery_id=delivery, at=old, status=200, duration_ms=3))
+        # an old event not fanned out yet is kept too
+        undispatched = conn.execute(
+            insert(Event).values(at=old, type="tag.created", account="prune", tag="late").returning(Event.id)
+        ).scalar_one()
+    assert store.prune(timedelta(days=30), batch=1) == 2
+    with engine.connect() as conn:
+        left = set(conn.execute(select(Event.id).where(Event.account == "prune")).scalars())
+        delivered = set(conn.execute(select(WebhookDelivery.event_id)).scalars())
+        attempts = conn.execute(select(WebhookAttempt.id).where(WebhookAttempt.delivery_id == delivery)).all()
+    assert left == {still_trying, young, undispatched}
+    assert sent not in delivered and also_sent not in delivered and still_trying in delivered
+    assert attempts == []
+    assert store.prune(timedelta(days=30)) == 0

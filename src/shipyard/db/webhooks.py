@@ -442,3 +442,28 @@ class EventStore:
                     select(func.count()).select_from(Event).where(Event.dispatched == false())
                 ).scalar_one()
             )
+
+    def prune(self, older_than: timedelta, *, batch: int = 1000) -> int:
+        """Delete the events older than `older_than` that are dispatched and have no delivery still
+        pending, with their deliveries and attempts (explicitly: SQLite cascades only with foreign keys
+        on), in transactions of `batch` events. The number of events deleted."""
+        cutoff = utcnow() - older_than
+        pending = exists().where(WebhookDelivery.event_id == Event.id, WebhookDelivery.state == PENDING)
+        done = 0
+        while True:
+            with write_transaction(self.engine) as conn:
+                ids = list(
+                    conn.execute(
+                        select(Event.id)
+                        .where(Event.at < cutoff, Event.dispatched.is_(True), ~pending)
+                        .order_by(Event.id)
+                        .limit(batch)
+                    ).scalars()
+                )
+                if not ids:
+                    return done
+                deliveries = select(WebhookDelivery.id).where(WebhookDelivery.event_id.in_(ids))
+                conn.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))
+                conn.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(ids)))
+                conn.execute(delete(Event).where(Event.id.in_(ids)))
+                done += len(ids)
